@@ -1,0 +1,1 @@
+"""Delivery: the queue runner decides when; transports only deliver and report."""

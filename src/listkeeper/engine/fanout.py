@@ -1,0 +1,103 @@
+"""An accepted message -> one copy per list with list headers, and who receives each. Pure."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.utils import format_datetime, getaddresses
+
+from listkeeper.manifests.lists import ListType, Role
+from listkeeper.store.queue import InboundRecord, PostRecord
+
+from .headers import RawMessage
+from .policy import Decision, Submission, decide, list_id
+from .recipients import Recipient, Target
+from .snapshot import ListConfig, Snapshot
+
+LIST_HEADERS = ("list-id", "list-post", "list-unsubscribe", "list-help", "list-owner",
+                "list-subscribe", "list-archive", "list-unsubscribe-post", "precedence", "return-path")
+
+
+@dataclass(frozen=True)
+class Refused:
+    reply: str
+    rule: str
+
+
+def submission_of(message: RawMessage, mail_from: str, size: int) -> Submission:
+    senders = {mail_from.lower()} if mail_from else set()
+    for _, addr in getaddresses(message.get_all("from") + message.get_all("sender")):
+        if addr:
+            senders.add(addr.lower())
+    return Submission(frozenset(senders), size, tuple(message.get_all("list-id")),
+                      tuple(v.lower() for v in message.get_all("x-loop")))
+
+
+def list_copy(message: RawMessage, lst: ListConfig, hostname: str, now: float) -> bytes:
+    """The list's copy: RFC 2369/2919 headers, subject prefix, loop marker; the body untouched."""
+    spec = lst.spec
+    out = message.without(*LIST_HEADERS)
+    prefix = spec.subject_prefix
+    subject = message.get("subject")
+    if prefix:
+        if subject is None:
+            out = out.replace("Subject", prefix)
+        elif prefix not in subject:
+            out = out.replace("Subject", f"{prefix} {subject}")
+    if message.get("message-id") is None:
+        out = out.with_field("Message-ID", f"<{uuid.uuid4().hex}@{hostname}>")
+    if message.get("date") is None:
+        out = out.with_field("Date", format_datetime(datetime.fromtimestamp(now, timezone.utc)))
+    described = f'"{spec.description}" ' if spec.description and '"' not in spec.description else ""
+    out = (out
+           .with_field("List-Id", f"{described}<{list_id(lst)}>")
+           .with_field("List-Post", "NO" if spec.type is ListType.announce else f"<mailto:{spec.address}>")
+           .with_field("List-Help", f"<mailto:{lst.address_for('request')}?subject=help>")
+           .with_field("List-Unsubscribe", f"<mailto:{lst.address_for('request')}?subject=unsubscribe>")
+           .with_field("List-Owner", f"<mailto:{lst.address_for('owner')}>")
+           .with_field("Precedence", "list")
+           .with_field("X-Loop", spec.address))
+    return out.to_bytes()
+
+
+def regular_members(lst: ListConfig) -> tuple[str, ...]:
+    """Who gets each post now; digest members are served by the digest runner (not yet built)."""
+    return tuple(s.address for s in lst.spec.subscribers if Role.regular in s.roles)
+
+
+def moderators(lst: ListConfig) -> tuple[str, ...]:
+    return tuple(s.address for s in lst.spec.subscribers if Role.moderator in s.roles)
+
+
+def fan_out(data: bytes, mail_from: str, recipients: list[Recipient], snapshot: Snapshot,
+            now: float | None = None) -> InboundRecord | Refused:
+    """Decide every recipient's fate; refuse the whole message if any list refuses it."""
+    now = time.time() if now is None else now
+    message = RawMessage.parse(data)
+    submission = submission_of(message, mail_from, len(data))
+    posts: list[PostRecord] = []
+    for rcpt in recipients:
+        lst = rcpt.list
+        if rcpt.target is Target.post:
+            verdict = decide(submission, lst)
+            if verdict.decision is Decision.reject:
+                return Refused(verdict.reply, verdict.rule)
+            state = {Decision.accept: "queued", Decision.hold: "held", Decision.discard: "discarded"}[verdict.decision]
+            copy = list_copy(message, lst, snapshot.hostname(lst.domain), now)
+            posts.append(PostRecord(lst.name, state, f"{verdict.rule}: {verdict.reason}", copy,
+                                    lst.address_for("bounces"),
+                                    regular_members(lst) if state == "queued" else ()))
+        elif rcpt.target is Target.owner:
+            posts.append(PostRecord(lst.name, "queued", "owner: forwarded to the moderators", data,
+                                    lst.address_for("bounces"), moderators(lst)))
+        elif rcpt.target is Target.bounces:
+            posts.append(PostRecord(lst.name, "bounce", "bounce: kept for bounce processing", data,
+                                    "", ()))
+        elif rcpt.target is Target.postmaster:
+            domain = snapshot.domains[rcpt.address.rpartition("@")[2]]
+            posts.append(PostRecord("", "queued", "postmaster: forwarded", data, mail_from,
+                                    (domain.postmaster,)))
+    unique = tuple(dict.fromkeys(r.address for r in recipients))
+    return InboundRecord(mail_from, unique, data, snapshot.generation, tuple(posts))

@@ -1,0 +1,71 @@
+"""The engine's configuration: an immutable snapshot built from the store, swapped whole."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from listkeeper.manifests.common import API_VERSION
+from listkeeper.manifests.domains import DomainSpec
+from listkeeper.manifests.kinds import KINDS
+from listkeeper.manifests.lists import MailingListSpec
+from listkeeper.manifests.routes import RelaySpec, Route
+from listkeeper.store import Store
+from listkeeper.store import config as applied_config
+
+
+@dataclass(frozen=True)
+class ListConfig:
+    name: str
+    spec: MailingListSpec
+
+    @property
+    def local_part(self) -> str:
+        return self.spec.address.rpartition("@")[0]
+
+    @property
+    def domain(self) -> str:
+        return self.spec.address.rpartition("@")[2]
+
+    def address_for(self, suffix: str) -> str:
+        return f"{self.local_part}-{suffix}@{self.domain}"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    generation: int
+    domains: Mapping[str, DomainSpec]  # by mail domain
+    lists: Mapping[str, ListConfig]  # by posting address
+    routes: tuple[Route, ...]
+    relays: Mapping[str, RelaySpec]
+
+    def hostname(self, domain: str | None = None) -> str:
+        if domain in self.domains:
+            return self.domains[domain].hostname
+        return next((d.hostname for d in self.domains.values()), "localhost")
+
+
+def _spec(kind: str, name: str, spec: dict):
+    return KINDS[kind].model_validate(
+        {"apiVersion": API_VERSION, "kind": kind, "metadata": {"name": name}, "spec": spec}
+    ).spec
+
+
+def load_snapshot(store: Store) -> Snapshot:
+    with store.engine.connect() as conn:
+        generation = applied_config.generation(conn)
+        applied = applied_config.applied_resources(conn)
+    domains, lists, relays, routes = {}, {}, {}, ()
+    for (kind, name), item in sorted(applied.items()):
+        spec = _spec(kind, name, item.spec)
+        if kind == "Domain":
+            domains[spec.domain] = spec
+        elif kind == "MailingList":
+            lists[spec.address] = ListConfig(name, spec)
+        elif kind == "Relay":
+            relays[name] = spec
+        elif kind == "RoutingTable":
+            routes = tuple(spec.routes)
+    return Snapshot(generation, MappingProxyType(domains), MappingProxyType(lists), routes,
+                    MappingProxyType(relays))

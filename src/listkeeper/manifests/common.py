@@ -1,0 +1,83 @@
+"""Building blocks shared by every manifest kind."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+API_VERSION = "listkeeper/v1"
+NAME_PATTERN = r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$"
+ADDRESS_PATTERN = r"^[^@\s<>\"]+@[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$"
+HOSTNAME_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$"
+
+
+class Strict(BaseModel):
+    """Unknown fields are errors and values are immutable once loaded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _lower(value: str) -> str:
+    return value.lower()
+
+
+Address = Annotated[
+    str,
+    Field(pattern=ADDRESS_PATTERN, max_length=254, description="An email address, local@domain."),
+    AfterValidator(_lower),
+]
+Hostname = Annotated[
+    str, Field(pattern=HOSTNAME_PATTERN, max_length=253), AfterValidator(_lower)
+]
+
+
+class Metadata(Strict):
+    name: str = Field(
+        pattern=NAME_PATTERN,
+        max_length=63,
+        description="Unique per kind: lower-case letters, digits, '-' and '.'.",
+    )
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class SecretRef(Strict):
+    """A secret read at run time from the environment or a file; never written inline."""
+
+    env: str | None = Field(default=None, min_length=1, description="Environment variable name.")
+    file: str | None = Field(default=None, min_length=1, description="Path of a file holding the secret.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_inline(cls, value: Any) -> Any:
+        if isinstance(value, (str, int, float)):
+            raise ValueError("inline secrets are not allowed; use {env: NAME} or {file: PATH}")
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "SecretRef":
+        if (self.env is None) == (self.file is None):
+            raise ValueError("give exactly one of env or file")
+        return self
+
+    def reveal(self) -> str:
+        """The secret's value; callers must never log or print it."""
+        if self.env is not None:
+            value = os.environ.get(self.env)
+            if value is None:
+                raise LookupError(f"environment variable {self.env} is not set")
+            return value
+        return Path(self.file).read_text(encoding="utf-8").rstrip("\r\n")
+
+
+class Manifest(Strict):
+    """The envelope every kind shares: apiVersion, kind, metadata, spec."""
+
+    KIND: ClassVar[str] = ""
+
+    api_version: Literal["listkeeper/v1"] = Field(alias="apiVersion")
+    metadata: Metadata
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

@@ -1,0 +1,12 @@
+"""Every manifest kind, by name."""
+
+from __future__ import annotations
+
+from .common import Manifest
+from .domains import Domain
+from .lists import MailingList
+from .routes import Relay, RoutingTable
+
+KINDS: dict[str, type[Manifest]] = {
+    cls.KIND: cls for cls in (Domain, MailingList, RoutingTable, Relay)
+}

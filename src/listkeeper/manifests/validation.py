@@ -1,0 +1,173 @@
+"""Documents -> validated manifests, with every error pointing at file:line:column."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from .common import API_VERSION, Manifest
+from .errors import Location, ManifestError, ManifestErrors, field_path
+from .kinds import KINDS
+from .loader import Document, load_documents
+
+
+@dataclass(frozen=True)
+class Resource:
+    manifest: Manifest
+    location: Location
+
+    @property
+    def kind(self) -> str:
+        return self.manifest.KIND
+
+    @property
+    def name(self) -> str:
+        return self.manifest.metadata.name
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.kind, self.name)
+
+
+@dataclass(frozen=True)
+class Index:
+    """What cross-resource checks look up."""
+
+    served_domains: frozenset[str]
+    relays: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Manifests:
+    resources: tuple[Resource, ...]
+
+    def of_kind(self, kind: str) -> list[Resource]:
+        return [r for r in self.resources if r.kind == kind]
+
+
+def load_manifests(paths: Iterable[str | Path]) -> Manifests:
+    """Load, validate and cross-check; raises ManifestErrors listing every problem."""
+    docs, errors = load_documents(paths)
+    resources: list[Resource] = []
+    docs_by_key: dict[tuple[str, str], Document] = {}
+    for doc in docs:
+        resource, doc_errors = _validate_document(doc)
+        errors.extend(doc_errors)
+        if resource is None:
+            continue
+        first = next((r for r in resources if r.key == resource.key), None)
+        if first is not None:
+            errors.append(ManifestError(
+                doc.locate(("metadata", "name")), "metadata.name",
+                f"duplicate {resource.kind} {resource.name!r}; first defined at {first.location}",
+            ))
+            errors.append(ManifestError(
+                docs_by_key[first.key].locate(("metadata", "name")), "metadata.name",
+                f"duplicate {resource.kind} {resource.name!r}; defined again at {resource.location}",
+            ))
+            continue
+        resources.append(resource)
+        docs_by_key[resource.key] = doc
+    errors.extend(_cross_check(resources, docs_by_key))
+    if errors:
+        raise ManifestErrors(errors)
+    return Manifests(tuple(resources))
+
+
+def _validate_document(doc: Document) -> tuple[Resource | None, list[ManifestError]]:
+    data = doc.data
+    if not isinstance(data, dict):
+        return None, [ManifestError(doc.start, "", "a manifest must be a mapping with apiVersion, kind, metadata, spec")]
+    problems = []
+    api = data.get("apiVersion")
+    if api is None:
+        problems.append(ManifestError(doc.start, "apiVersion", "field required"))
+    elif api != API_VERSION:
+        problems.append(ManifestError(doc.locate(("apiVersion",)), "apiVersion",
+                                      f"unknown apiVersion {api!r}; expected {API_VERSION!r}"))
+    kind = data.get("kind")
+    if kind is None:
+        problems.append(ManifestError(doc.start, "kind", "field required"))
+    elif kind not in KINDS:
+        problems.append(ManifestError(doc.locate(("kind",)), "kind",
+                                      f"unknown kind {kind!r}; expected one of {', '.join(sorted(KINDS))}"))
+    if problems:
+        return None, problems
+    model = KINDS[kind]
+    try:
+        manifest = model.model_validate(data)
+    except ValidationError as exc:
+        return None, [_from_pydantic(doc, err) for err in exc.errors(include_input=False, include_url=False)]
+    location = doc.locate(("metadata", "name"))
+    return Resource(manifest, location), []
+
+
+def _from_pydantic(doc: Document, err: dict) -> ManifestError:
+    parts = _data_path(doc.data, tuple(err["loc"]))
+    message = err["msg"]
+    if message.startswith("Value error, "):
+        message = message[len("Value error, "):]
+    if err["type"] == "missing":
+        message = "required field is missing"
+    elif err["type"] == "extra_forbidden":
+        message = "unknown field"
+    elif err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        ctx = err.get("ctx", {})
+        tag = ctx.get("discriminator", "").strip("'")
+        parts = parts + (tag,)
+        message = f"expected one of {ctx.get('expected_tags', '')}" if err["type"] == "union_tag_invalid" else "required field is missing"
+    return ManifestError(doc.locate(parts), field_path(parts), message)
+
+
+def _data_path(data, loc: tuple) -> tuple:
+    """pydantic's loc with discriminated-union tags removed, so it walks the document."""
+    parts: list = []
+    current = data
+    for i, element in enumerate(loc):
+        last = i == len(loc) - 1
+        if isinstance(current, dict) and element not in current and not last and element in current.values():
+            continue  # a union tag such as 'pickup'
+        parts.append(element)
+        if isinstance(current, dict):
+            current = current.get(element)
+        elif isinstance(current, list) and isinstance(element, int) and element < len(current):
+            current = current[element]
+        else:
+            current = None
+    return tuple(parts)
+
+
+def _cross_check(resources: list[Resource], docs: dict) -> list[ManifestError]:
+    index = Index(
+        served_domains=frozenset(r.manifest.spec.domain for r in resources if r.kind == "Domain"),
+        relays=frozenset(r.name for r in resources if r.kind == "Relay"),
+    )
+    errors: list[ManifestError] = []
+    tables = [r for r in resources if r.kind == "RoutingTable"]
+    for extra in tables[1:]:
+        errors.append(ManifestError(extra.location, "metadata.name",
+                                    f"only one RoutingTable is allowed; the first is at {tables[0].location}"))
+    addresses: dict[str, Resource] = {}
+    for r in resources:
+        doc = docs[r.key]
+        for parts, message in r.manifest.problems(index):
+            errors.append(ManifestError(doc.locate(parts), field_path(parts), message))
+        if r.kind == "MailingList":
+            address = r.manifest.spec.address
+            if address in addresses:
+                errors.append(ManifestError(doc.locate(("spec", "address")), "spec.address",
+                                            f"{address} is already the address of MailingList "
+                                            f"{addresses[address].name!r} at {addresses[address].location}"))
+            addresses.setdefault(address, r)
+    domains: dict[str, Resource] = {}
+    for r in resources:
+        if r.kind == "Domain":
+            d = r.manifest.spec.domain
+            if d in domains:
+                errors.append(ManifestError(docs[r.key].locate(("spec", "domain")), "spec.domain",
+                                            f"domain {d} is already served by Domain {domains[d].name!r} at {domains[d].location}"))
+            domains.setdefault(d, r)
+    return errors

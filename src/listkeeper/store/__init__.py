@@ -1,0 +1,33 @@
+"""The store: the one source of truth at run time. Knows no SMTP."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from sqlalchemy.engine import Engine
+
+from . import config, queue
+from .database import DEFAULT_URL, StoreError, create_store_engine, migrate, store_url
+
+
+@dataclass
+class Store:
+    engine: Engine
+    clock: Callable[[], float] = field(default=time.time)
+
+    @classmethod
+    def open(cls, url: str | None = None, clock: Callable[[], float] = time.time) -> "Store":
+        engine = create_store_engine(store_url(url))
+        migrate(engine)
+        return cls(engine, clock)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def now(self) -> float:
+        return self.clock()
+
+
+__all__ = ["DEFAULT_URL", "Store", "StoreError", "config", "queue", "store_url"]

@@ -1,0 +1,66 @@
+"""The store's tables (SQLAlchemy Core). Migrations in migrations/versions must match these."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Column, Float, ForeignKey, Index, Integer, LargeBinary, MetaData, String, Table, Text,
+)
+
+metadata = MetaData()
+
+# key/value facts about the store itself, e.g. the configuration generation
+meta = Table(
+    "meta", metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+# the applied manifests, as kubectl keeps its last-applied configuration
+resources = Table(
+    "resources", metadata,
+    Column("kind", String(64), primary_key=True),
+    Column("name", String(253), primary_key=True),
+    Column("spec", Text, nullable=False),  # canonical JSON
+    Column("hash", String(64), nullable=False),
+    Column("generation", Integer, nullable=False),
+    Column("source", Text, nullable=False),  # file:line it was applied from
+    Column("applied_at", Float, nullable=False),
+)
+
+# every message we hold: what arrived (inbound) and what we send (post, notice)
+messages = Table(
+    "messages", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("kind", String(16), nullable=False),  # inbound | post | notice
+    Column("state", String(16), nullable=False),  # accepted | held | queued | bounce ...
+    Column("parent_id", Integer, ForeignKey("messages.id"), nullable=True),
+    Column("list_name", String(253), nullable=True),
+    Column("mail_from", Text, nullable=False),
+    Column("recipients", Text, nullable=False),  # JSON list of envelope recipients
+    Column("reason", Text, nullable=True),  # why held / what rule decided
+    Column("generation", Integer, nullable=False),  # configuration in force when accepted
+    Column("size", Integer, nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+Index("ix_messages_kind_state", messages.c.kind, messages.c.state)
+Index("ix_messages_list", messages.c.list_name)
+
+# one row per (outgoing message, recipient): the delivery queue
+deliveries = Table(
+    "deliveries", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("message_id", Integer, ForeignKey("messages.id"), nullable=False),
+    Column("recipient", Text, nullable=False),
+    Column("return_path", Text, nullable=False),
+    Column("state", String(16), nullable=False),  # see delivery/lifecycle.py
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", Float, nullable=False),
+    Column("lease_until", Float, nullable=True),
+    Column("transport", String(64), nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+Index("ix_deliveries_due", deliveries.c.state, deliveries.c.next_attempt_at)
+Index("ix_deliveries_message", deliveries.c.message_id)
