@@ -1,0 +1,83 @@
+"""Shared fixtures: a configuration folder, a real SQLite store, a running engine on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from listkeeper.engine.server import ServeOptions, start_engine
+from listkeeper.manifests import load_manifests
+from listkeeper.reconcile import apply, plan_for
+from listkeeper.store import Store
+
+REPO = Path(__file__).resolve().parent.parent
+
+DOMAIN = """
+apiVersion: listkeeper/v1
+kind: Domain
+metadata: {name: example-org}
+spec: {domain: example.org, hostname: lists.example.org, postmaster: postmaster@example.org}
+"""
+
+
+def pickup_routes(folder: Path) -> str:
+    return f"""
+apiVersion: listkeeper/v1
+kind: RoutingTable
+metadata: {{name: default}}
+spec:
+  routes:
+    - match: "*"
+      transport: pickup
+      folder: {folder}
+"""
+
+
+def write(folder: Path, name: str, text: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(textwrap.dedent(text).lstrip(), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def store_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'var' / 'listkeeper.db'}"
+
+
+def reconcile_folder(folder: Path, url: str, prune: bool = False) -> Store:
+    store = Store.open(url)
+    apply(plan_for(load_manifests([folder]), store, prune=prune), store)
+    return store
+
+
+async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):
+    """Poll until predicate() is truthy; bounded in time."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {predicate}")
+        await asyncio.sleep(interval)
+
+
+@pytest.fixture
+async def engine_for(tmp_path: Path, store_url: str):
+    """engine_for(config_folder) reconciles the folder and starts an engine on a free loopback port."""
+    started = []
+
+    async def start(folder: Path, **options):
+        store = reconcile_folder(folder, store_url)
+        engine = await start_engine(store, ServeOptions(port=0, **options))
+        started.append(engine)
+        return engine
+
+    yield start
+    for engine in started:
+        await engine.stop()
+        engine.store.close()

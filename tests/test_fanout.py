@@ -1,0 +1,98 @@
+"""Recipients, list copies and fan-out: pure, no sockets."""
+
+from __future__ import annotations
+
+import pytest
+
+from listkeeper.engine.fanout import Refused, fan_out, list_copy
+from listkeeper.engine.headers import RawMessage
+from listkeeper.engine.recipients import Recipient, Refusal, Target, accept_recipient
+from listkeeper.engine.snapshot import ListConfig, Snapshot
+from listkeeper.manifests.domains import DomainSpec
+from listkeeper.manifests.lists import MailingListSpec
+
+MEMBERS = ListConfig("members", MailingListSpec(
+    address="members@example.org", type="discussion", subject_prefix="[members]", description="Members",
+    subscribers=[{"address": "alice@example.org"}, {"address": "bob@example.net"},
+                 {"address": "carol@example.com", "roles": ["digest"]},
+                 {"address": "mod@example.org", "roles": ["moderator"]}]))
+SNAPSHOT = Snapshot(
+    7, {"example.org": DomainSpec(domain="example.org", hostname="lists.example.org",
+                                  postmaster="pm@example.org")},
+    {MEMBERS.spec.address: MEMBERS}, (), {})
+BODY = b"Line one\r\n\r\nLine three with trailing spaces   \r\n.\r\n"
+MESSAGE = (b"From: Alice <alice@example.org>\r\nTo: members@example.org\r\nSubject: Hello\r\n"
+           b"Message-ID: <1@example.org>\r\nList-Id: <other.example.net>\r\n\r\n" + BODY)
+
+
+@pytest.mark.parametrize("address,expected", [
+    ("members@example.org", Target.post),
+    ("MEMBERS@Example.ORG", Target.post),
+    ("members-owner@example.org", Target.owner),
+    ("members-bounces@example.org", Target.bounces),
+    ("postmaster@example.org", Target.postmaster),
+])
+def test_accepted_recipients(address, expected):
+    result = accept_recipient(address, SNAPSHOT)
+    assert isinstance(result, Recipient) and result.target is expected
+
+
+@pytest.mark.parametrize("address,reply", [
+    ("someone@gmail.com", "550 5.7.1 Relaying denied: we do not serve this domain"),
+    ("nobody@example.org", "550 5.1.1 No such list or user here"),
+    ("members-request@example.org", "550 5.1.1 No such list or user here"),
+    ("no-at-sign", "501 5.1.3 Bad recipient address syntax"),
+])
+def test_refused_recipients(address, reply):
+    result = accept_recipient(address, SNAPSHOT)
+    assert isinstance(result, Refusal) and result.reply == reply
+
+
+def test_list_copy_headers_and_untouched_body():
+    copy = RawMessage.parse(list_copy(RawMessage.parse(MESSAGE), MEMBERS, "lists.example.org", 0.0))
+    assert copy.body == BODY
+    assert copy.get("subject") == "[members] Hello"
+    assert copy.get_all("list-id") == ['"Members" <members.example.org>']
+    assert copy.get("list-post") == "<mailto:members@example.org>"
+    assert copy.get("list-unsubscribe") == "<mailto:members-request@example.org?subject=unsubscribe>"
+    assert copy.get("x-loop") == "members@example.org"
+    assert copy.get("message-id") == "<1@example.org>"
+
+
+def test_prefix_is_not_doubled_and_missing_ids_are_added():
+    raw = b"From: a@example.org\nSubject: Re: [members] Hello\n\nbody\n"
+    copy = RawMessage.parse(list_copy(RawMessage.parse(raw), MEMBERS, "lists.example.org", 0.0))
+    assert copy.get("subject") == "Re: [members] Hello"
+    assert copy.get("message-id").endswith("@lists.example.org>")
+    assert copy.get("date") == "Thu, 01 Jan 1970 00:00:00 +0000"
+    assert copy.body == b"body\n" and copy.eol == b"\n"
+
+
+def test_folded_headers_survive():
+    raw = b"Subject: a long\r\n  folded subject\r\nFrom: a@example.org\r\n\r\nx"
+    parsed = RawMessage.parse(raw)
+    assert parsed.get("subject") == "a long  folded subject"
+    assert parsed.to_bytes() == raw
+
+
+def test_fan_out_to_regular_members_only():
+    rcpt = accept_recipient("members@example.org", SNAPSHOT)
+    record = fan_out(MESSAGE, "alice@example.org", [rcpt], SNAPSHOT, 0.0)
+    (post,) = record.posts
+    assert post.state == "queued"
+    assert post.recipients == ("alice@example.org", "bob@example.net")
+    assert post.return_path == "members-bounces@example.org"
+    assert record.generation == 7
+
+
+def test_fan_out_refuses_non_member():
+    rcpt = accept_recipient("members@example.org", SNAPSHOT)
+    result = fan_out(MESSAGE.replace(b"alice@", b"eve@"), "eve@example.net", [rcpt], SNAPSHOT, 0.0)
+    assert isinstance(result, Refused) and result.reply == "550 5.7.1 Only subscribers may post to members@example.org"
+
+
+def test_owner_and_postmaster_are_forwarded():
+    rcpts = [accept_recipient(a, SNAPSHOT) for a in ("members-owner@example.org", "postmaster@example.org")]
+    record = fan_out(MESSAGE, "x@example.net", rcpts, SNAPSHOT, 0.0)
+    assert [p.recipients for p in record.posts] == [("mod@example.org",), ("pm@example.org",)]
+    assert all(p.data == MESSAGE for p in record.posts)
