@@ -8,6 +8,7 @@ import signal
 import smtplib
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from email import message_from_bytes
@@ -27,7 +28,8 @@ def start(workdir: Path, port: int) -> subprocess.Popen:
                             env={**os.environ, "LISTKEEPER_STORE": ""})
     deadline = time.monotonic() + 30
     for line in proc.stdout:
-        if "listkeeper serving" in line:
+        if "listkeeper serving" in line:  # then keep draining, so the server never blocks on its log
+            threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
             return proc
         if time.monotonic() > deadline:
             break

@@ -65,9 +65,28 @@ class DeliveryRunner:
             return 0
         due, bodies = claimed
         snapshot = self._current()
-        results = await asyncio.gather(*(self._deliver(d, bodies[d.message_id], snapshot) for d in due))
+        pickups: dict[PickupRoute, list[tuple[Due, Job]]] = {}
+        others = []
+        for d in due:
+            job = Job(d.delivery_id, d.recipient, d.return_path, bodies[d.message_id])
+            route = route_for(d.recipient, snapshot.routes)
+            if isinstance(route, PickupRoute):
+                pickups.setdefault(route, []).append((d, job))
+            else:
+                others.append((d, job, route))
+        results: dict[int, tuple[Result, str]] = {}
+
+        async def pickup(route: PickupRoute, items: list[tuple[Due, Job]]) -> None:
+            done = await deliver_pickup(route, [job for _, job in items])
+            results.update({d.delivery_id: (r, "pickup") for (d, _), r in zip(items, done)})
+
+        async def one(d: Due, job: Job, route) -> None:
+            results[d.delivery_id] = await self._deliver(job, route, snapshot)
+
+        await asyncio.gather(*(pickup(r, items) for r, items in pickups.items()),
+                             *(one(d, job, route) for d, job, route in others))
         now = self._clock()
-        outcomes = [self._outcome(d, r, name, now) for d, (r, name) in zip(due, results)]
+        outcomes = [self._outcome(d, *results[d.delivery_id], now) for d in due]
         await asyncio.to_thread(self._record, outcomes, now)
         return len(due)
 
@@ -82,14 +101,10 @@ class DeliveryRunner:
         with self._store.engine.begin() as conn:
             store_queue.record_outcomes(conn, outcomes, now)
 
-    async def _deliver(self, due: Due, data: bytes, snapshot) -> tuple[Result, str]:
-        job = Job(due.delivery_id, due.recipient, due.return_path, data)
-        route = route_for(due.recipient, snapshot.routes)
+    async def _deliver(self, job: Job, route, snapshot) -> tuple[Result, str]:
         async with self._concurrency:
             if route is None:
                 return Result(Event.permanent, "550 5.4.4 no route matches this recipient"), "none"
-            if isinstance(route, PickupRoute):
-                return await deliver_pickup(route, job), "pickup"
             if isinstance(route, DiscardRoute):
                 return await deliver_discard(job), "discard"
             if isinstance(route, RelayRoute):

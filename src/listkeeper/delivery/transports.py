@@ -38,25 +38,51 @@ def pickup_name(job: Job) -> str:
     return f"{job.delivery_id:010d}-{_UNSAFE.sub('_', job.recipient)[:120]}.eml"
 
 
-def _write_pickup(folder: Path, job: Job) -> Path:
+def _write_pickup_batch(folder: Path, jobs: list[Job]) -> list[Result]:
+    """Write every file, make them durable together, then give each its final name.
+
+    One journal commit covers the whole batch instead of one fsync per file, so deliveries
+    into the folder do not starve the store's own commits. A crash before the renames leaves
+    only temporary files; the deliveries are not yet recorded, so they are written again."""
     folder.mkdir(parents=True, exist_ok=True)
-    final = folder / pickup_name(job)
-    tmp = folder / f".{final.name}.tmp"
-    head = f"Return-Path: <{job.return_path}>\r\nDelivered-To: {job.recipient}\r\n".encode()
-    with open(tmp, "wb") as fh:
-        fh.write(head + job.data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
-    return final
+    written: list[tuple[Job, Path, Path]] = []
+    results: dict[int, Result] = {}
+    for job in jobs:
+        final = folder / pickup_name(job)
+        tmp = folder / f".{final.name}.tmp"
+        head = f"Return-Path: <{job.return_path}>\r\nDelivered-To: {job.recipient}\r\n".encode()
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(head + job.data)
+            written.append((job, tmp, final))
+        except OSError as exc:
+            results[job.delivery_id] = Result(Event.temporary, f"pickup folder {folder}: {exc.strerror or exc}")
+    for job, tmp, final in written:
+        try:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)  # the first one commits the journal for all; the rest find nothing dirty
+            finally:
+                os.close(fd)
+            os.replace(tmp, final)
+            results[job.delivery_id] = Result(Event.delivered, f"written to {final}")
+        except OSError as exc:
+            results[job.delivery_id] = Result(Event.temporary, f"pickup folder {folder}: {exc.strerror or exc}")
+    if written:
+        try:
+            dir_fd = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            return [Result(Event.temporary, f"pickup folder {folder}: {exc.strerror or exc}") for _ in jobs]
+    return [results[job.delivery_id] for job in jobs]
 
 
-async def deliver_pickup(route: PickupRoute, job: Job) -> Result:
-    try:
-        path = await asyncio.to_thread(_write_pickup, Path(route.folder), job)
-    except OSError as exc:
-        return Result(Event.temporary, f"pickup folder {route.folder}: {exc.strerror or exc}")
-    return Result(Event.delivered, f"written to {path}")
+async def deliver_pickup(route: PickupRoute, jobs: list[Job]) -> list[Result]:
+    """Pickup delivers a batch: one file per job, named by the delivery so a retry replaces it."""
+    return await asyncio.to_thread(_write_pickup_batch, Path(route.folder), jobs)
 
 
 async def deliver_discard(job: Job) -> Result:

@@ -1,0 +1,9 @@
+import importlib
+import sys
+
+BENCHES = ("accept",)
+
+if len(sys.argv) < 2 or sys.argv[1] not in BENCHES:
+    sys.exit(f"usage: python -m bench {{{'|'.join(BENCHES)}}} [options]")
+name = sys.argv.pop(1)
+importlib.import_module(f"bench.{name}").main()
