@@ -10,7 +10,7 @@ import pytest
 
 from listkeeper.engine.server import ServeOptions, start_engine
 from listkeeper.manifests import load_manifests
-from listkeeper.reconcile import apply, plan_for
+from listkeeper.reconcile import reconcile
 from listkeeper.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
@@ -50,7 +50,7 @@ def store_url(tmp_path: Path) -> str:
 
 def reconcile_folder(folder: Path, url: str, prune: bool = False) -> Store:
     store = Store.open(url)
-    apply(plan_for(load_manifests([folder]), store, prune=prune), store)
+    reconcile(load_manifests([folder]), store, prune=prune)
     return store
 
 

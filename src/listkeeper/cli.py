@@ -67,21 +67,70 @@ def schema(out: str) -> None:
 @click.option("--dry-run", is_flag=True, help="Show the plan; change nothing.")
 @click.option("--prune", is_flag=True, help="Delete resources that are no longer in the manifests.")
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 0: no changes, 2: changes, 1: error.")
-def reconcile(paths, store_url, dry_run, prune, detailed_exitcode) -> None:
+@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--against", "revision", metavar="REV",
+              help="Plan against the manifests at this git revision instead of the store (implies --dry-run).")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), help="With --dry-run: save the plan as JSON.")
+@click.option("--plan", "plan_file", type=click.Path(exists=True, dir_okay=False),
+              help="Apply exactly this saved plan; refused if the store changed since it was made.")
+@click.option("--lock-timeout", default=30.0, show_default=True, type=click.FloatRange(0),
+              help="Seconds to wait for another reconcile to finish.")
+@click.option("--retention-days", default=30.0, show_default=True, type=click.FloatRange(0),
+              help="How long a deleted list's runtime data stays restorable.")
+def reconcile(paths, store_url, dry_run, prune, detailed_exitcode, output, revision, out_file, plan_file,
+              lock_timeout, retention_days) -> None:
     """Show (--dry-run) or apply the difference between the manifests and the store."""
-    from listkeeper.reconcile import apply, plan_for, render_text
+    from listkeeper import reconcile as rc
+    from listkeeper.reconcile.against import RevisionError, applied_at_revision
+    from listkeeper.reconcile.saved import SavedPlanError, load_saved_plan
+    from listkeeper.store.config import LockTimeout
+
+    def show(found) -> None:
+        click.echo(found.json() if output == "json" else found.text())
+
+    if plan_file:
+        store = _open_store(store_url)
+        try:
+            generation = rc.apply_saved(load_saved_plan(Path(plan_file)), store, lock_timeout)
+        except (SavedPlanError, rc.StalePlan, rc.ApplyError, LockTimeout) as exc:
+            raise click.ClickException(str(exc)) from None
+        finally:
+            store.close()
+        click.echo(f"Applied {plan_file}: configuration generation {generation}." if generation
+                   else f"{plan_file} changes nothing.")
+        sys.exit(2 if detailed_exitcode and generation else 0)
     manifests = _load(paths)
-    store = _open_store(store_url)
-    try:
-        plan = plan_for(manifests, store, prune=prune)
-        click.echo(render_text(plan))
-        if not dry_run:
-            generation = apply(plan, store)
-            if generation is not None:
-                click.echo(f"Applied: configuration generation {generation}.")
-    finally:
-        store.close()
-    if detailed_exitcode and plan.has_changes:
+    if revision:
+        store = _open_store(store_url) if store_url else None
+        try:
+            applied = applied_at_revision(revision, paths or DEFAULT_PATHS)
+            found = rc.review_against(manifests, applied, revision, store, prune)
+        except RevisionError as exc:
+            raise click.ClickException(f"--against {revision}: {exc}") from None
+        finally:
+            if store is not None:
+                store.close()
+    else:
+        store = _open_store(store_url)
+        try:
+            if dry_run:
+                found = rc.review(manifests, store, prune, retention_days)
+            else:
+                shown = []
+                generation = rc.reconcile(manifests, store, prune, lock_timeout, retention_days,
+                                          lambda r: (shown.append(r), show(r)))
+                found = shown[0]
+                if generation is not None:
+                    click.echo(f"Applied: configuration generation {generation}.", err=output == "json")
+        except (rc.ApplyError, LockTimeout) as exc:
+            raise click.ClickException(str(exc)) from None
+        finally:
+            store.close()
+    if revision or dry_run:
+        show(found)
+        if out_file:
+            Path(out_file).write_text(found.json() + "\n", encoding="utf-8")
+    if detailed_exitcode and found.plan.has_changes:
         sys.exit(2)
 
 
@@ -96,14 +145,17 @@ def reconcile(paths, store_url, dry_run, prune, detailed_exitcode) -> None:
 def serve(paths, store_url, host, port, prune, concurrency) -> None:
     """Reconcile, then accept SMTP and deliver."""
     from listkeeper.engine.server import ServeOptions, serve_forever
-    from listkeeper.reconcile import apply, plan_for
+    from listkeeper.reconcile import reconcile as reconcile_store
+    from listkeeper.store.config import LockTimeout
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     for noisy in ("mail.log", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     manifests = _load(paths)
     store = _open_store(store_url)
-    plan = plan_for(manifests, store, prune=prune)
-    generation = apply(plan, store)
+    try:
+        generation = reconcile_store(manifests, store, prune)
+    except LockTimeout as exc:
+        raise click.ClickException(str(exc)) from None
     if generation is not None:
         click.echo(f"reconciled: configuration generation {generation}", err=True)
 

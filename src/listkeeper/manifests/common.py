@@ -34,13 +34,30 @@ Hostname = Annotated[
 ]
 
 
+PRUNE_ANNOTATION = "listkeeper/prune"
+
+
 class Metadata(Strict):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
     name: str = Field(
         pattern=NAME_PATTERN,
         max_length=63,
         description="Unique per kind: lower-case letters, digits, '-' and '.'.",
     )
     labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(
+        default_factory=dict,
+        description="'listkeeper/prune: disabled' keeps the resource from ever being deleted by reconcile.",
+    )
+    renamed_from: str | None = Field(
+        default=None, alias="renamedFrom", pattern=NAME_PATTERN,
+        description="The resource's previous name: reconcile renames it and keeps its runtime data.",
+    )
+
+    @property
+    def prune_disabled(self) -> bool:
+        return self.annotations.get(PRUNE_ANNOTATION) == "disabled"
 
 
 class SecretRef(Strict):

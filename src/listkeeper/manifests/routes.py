@@ -47,6 +47,32 @@ class RoutingTableSpec(Strict):
     routes: list[Route] = Field(min_length=1, description="Ordered; the first match wins.")
 
 
+def matches(pattern: str, domain: str) -> bool:
+    pattern, domain = pattern.lower(), domain.lower()
+    if pattern == "*":
+        return True
+    if pattern.startswith("*."):
+        return domain.endswith(pattern[1:])
+    return domain == pattern
+
+
+def route_for(recipient: str, routes) -> "Route | None":
+    """The first route whose pattern matches the recipient's domain."""
+    domain = recipient.rpartition("@")[2]
+    return next((route for route in routes if matches(route.match, domain)), None)
+
+
+def describe(route) -> str:
+    """Where a route sends mail, as one word an operator reads in a plan."""
+    if route is None:
+        return "no route"
+    if isinstance(route, PickupRoute):
+        return f"pickup:{route.folder}"
+    if isinstance(route, RelayRoute):
+        return f"relay:{route.relay}"
+    return route.transport
+
+
 class RoutingTable(Manifest):
     """Maps recipient domains to a transport. One RoutingTable per configuration."""
 

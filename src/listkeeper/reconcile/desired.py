@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from listkeeper.manifests import Manifests
@@ -17,6 +17,8 @@ class DesiredResource:
     spec: dict[str, Any]
     hash: str
     source: str
+    annotations: dict[str, str] = field(default_factory=dict)
+    renamed_from: str | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -32,6 +34,7 @@ def desired_state(manifests: Manifests) -> dict[tuple[str, str], DesiredResource
     out = {}
     for resource in manifests.resources:
         spec = resource.manifest.spec.model_dump(mode="json")
+        meta = resource.manifest.metadata
         out[resource.key] = DesiredResource(resource.kind, resource.name, spec, spec_hash(spec),
-                                            str(resource.location))
+                                            str(resource.location), dict(meta.annotations), meta.renamed_from)
     return out

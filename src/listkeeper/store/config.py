@@ -3,23 +3,31 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import OperationalError
 
-from .tables import meta, resources
+from .tables import deliveries, messages, meta, resources
+
+
+class LockTimeout(Exception):
+    """Another reconcile holds the configuration lock."""
 
 
 @dataclass(frozen=True)
 class AppliedResource:
     kind: str
     name: str
-    spec: dict[str, Any]
+    spec: dict[str, Any]  # as in force now
     hash: str
     generation: int
     source: str
+    last_applied: dict[str, Any] | None = None  # what reconcile last wrote; differs from spec = drift
+    annotations: dict[str, str] = field(default_factory=dict)
+    deleted_at: float | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -33,6 +41,12 @@ class ResourceWrite:
     spec: dict[str, Any]
     hash: str
     source: str
+    annotations: dict[str, str] = field(default_factory=dict)
+    previous_name: str | None = None  # a rename keeps the runtime data
+
+
+def canonical(spec: dict[str, Any]) -> str:
+    return json.dumps(spec, sort_keys=True, separators=(",", ":"))
 
 
 def generation(conn: Connection) -> int:
@@ -40,25 +54,54 @@ def generation(conn: Connection) -> int:
     return int(value) if value is not None else 0
 
 
+def lock(conn: Connection, timeout: float) -> int:
+    """Take the configuration lock for this transaction (waiting at most `timeout` s); returns the generation."""
+    dialect = conn.dialect.name
+    try:
+        if dialect == "sqlite":
+            conn.exec_driver_sql(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+            conn.execute(update(meta).where(meta.c.key == "generation").values(value=meta.c.value))
+        else:
+            conn.execute(text(f"SET LOCAL lock_timeout = '{int(timeout * 1000)}ms'"))
+            conn.execute(select(meta.c.value).where(meta.c.key == "generation").with_for_update())
+    except OperationalError as exc:
+        raise LockTimeout(f"another reconcile holds the configuration lock (waited {timeout:g}s): "
+                          f"{exc.orig}") from None
+    return generation(conn)
+
+
+def _row(row) -> AppliedResource:
+    return AppliedResource(row["kind"], row["name"], json.loads(row["spec"]), row["hash"], row["generation"],
+                           row["source"], json.loads(row["last_applied"]) if row["last_applied"] else None,
+                           json.loads(row["annotations"] or "{}"), row["deleted_at"])
+
+
 def applied_resources(conn: Connection) -> dict[tuple[str, str], AppliedResource]:
-    rows = conn.execute(select(resources)).mappings()
-    out = {}
-    for row in rows:
-        item = AppliedResource(row["kind"], row["name"], json.loads(row["spec"]), row["hash"],
-                               row["generation"], row["source"])
-        out[item.key] = item
-    return out
+    rows = conn.execute(select(resources).where(resources.c.deleted_at.is_(None))).mappings()
+    return {item.key: item for item in map(_row, rows)}
+
+
+def deleted_resources(conn: Connection) -> dict[tuple[str, str], AppliedResource]:
+    rows = conn.execute(select(resources).where(resources.c.deleted_at.is_not(None))).mappings()
+    return {item.key: item for item in map(_row, rows)}
 
 
 def write_resources(conn: Connection, upserts: list[ResourceWrite], deletes: list[tuple[str, str]],
-                    now: float) -> int:
+                    now: float, soft_delete_kinds: frozenset[str] = frozenset({"MailingList"})) -> int:
     """Write one reconcile's changes and bump the generation; the caller owns the transaction."""
     new_generation = generation(conn) + 1
     for kind, name in deletes:
-        conn.execute(delete(resources).where(resources.c.kind == kind, resources.c.name == name))
+        where = (resources.c.kind == kind, resources.c.name == name)
+        if kind in soft_delete_kinds:
+            conn.execute(update(resources).where(*where).values(deleted_at=now, generation=new_generation))
+        else:
+            conn.execute(delete(resources).where(*where))
     for item in upserts:
-        values = dict(spec=json.dumps(item.spec, sort_keys=True, separators=(",", ":")), hash=item.hash,
-                      generation=new_generation, source=item.source, applied_at=now)
+        if item.previous_name:
+            rename(conn, item.kind, item.previous_name, item.name)
+        body = canonical(item.spec)
+        values = dict(spec=body, last_applied=body, hash=item.hash, generation=new_generation,
+                      source=item.source, applied_at=now, annotations=canonical(item.annotations), deleted_at=None)
         found = conn.execute(update(resources).where(resources.c.kind == item.kind,
                                                      resources.c.name == item.name).values(**values))
         if found.rowcount == 0:
@@ -67,3 +110,30 @@ def write_resources(conn: Connection, upserts: list[ResourceWrite], deletes: lis
                     .values(value=str(new_generation))).rowcount == 0:
         conn.execute(insert(meta).values(key="generation", value=str(new_generation)))
     return new_generation
+
+
+def rename(conn: Connection, kind: str, old: str, new: str) -> None:
+    """Rename a resource, and for a list its runtime data, so nothing is deleted and re-created."""
+    conn.execute(delete(resources).where(resources.c.kind == kind, resources.c.name == new,
+                                         resources.c.deleted_at.is_not(None)))
+    conn.execute(update(resources).where(resources.c.kind == kind, resources.c.name == old).values(name=new))
+    if kind == "MailingList":
+        conn.execute(update(messages).where(messages.c.list_name == old).values(list_name=new))
+
+
+def purge_deleted(conn: Connection, before: float) -> list[str]:
+    """Remove lists soft-deleted before `before`, with their runtime data; returns their names."""
+    names = list(conn.execute(select(resources.c.name).where(
+        resources.c.kind == "MailingList", resources.c.deleted_at < before)).scalars())
+    for name in names:
+        post_ids = select(messages.c.id).where(messages.c.list_name == name)
+        conn.execute(delete(deliveries).where(deliveries.c.message_id.in_(post_ids)))
+        conn.execute(delete(messages).where(messages.c.list_name == name))
+        conn.execute(delete(resources).where(resources.c.kind == "MailingList", resources.c.name == name))
+    return names
+
+
+def set_live_spec(conn: Connection, kind: str, name: str, spec: dict[str, Any], spec_hash: str) -> None:
+    """Change a resource outside git (an admin command); the next plan shows it as drift."""
+    conn.execute(update(resources).where(resources.c.kind == kind, resources.c.name == name)
+                 .values(spec=canonical(spec), hash=spec_hash))

@@ -143,3 +143,22 @@ def held_counts(conn: Connection) -> dict[str, int]:
                         .where(messages.c.kind == "post", messages.c.state == "held")
                         .group_by(messages.c.list_name))
     return {name: count for name, count in rows}
+
+
+PENDING = ("queued", "deferred", "sending")
+
+
+def pending_by_list(conn: Connection) -> dict[str, int]:
+    rows = conn.execute(select(messages.c.list_name, func.count())
+                        .select_from(deliveries.join(messages, messages.c.id == deliveries.c.message_id))
+                        .where(deliveries.c.state.in_(PENDING)).group_by(messages.c.list_name))
+    return {name or "": count for name, count in rows}
+
+
+def pending_domains(conn: Connection) -> dict[str, int]:
+    """Deliveries not yet done, by recipient domain: what a routing change would reroute."""
+    counts: dict[str, int] = {}
+    for (recipient,) in conn.execute(select(deliveries.c.recipient).where(deliveries.c.state.in_(PENDING))):
+        domain = recipient.rpartition("@")[2].lower()
+        counts[domain] = counts.get(domain, 0) + 1
+    return counts

@@ -20,11 +20,14 @@ resources = Table(
     "resources", metadata,
     Column("kind", String(64), primary_key=True),
     Column("name", String(253), primary_key=True),
-    Column("spec", Text, nullable=False),  # canonical JSON
+    Column("spec", Text, nullable=False),  # canonical JSON, as in force now
     Column("hash", String(64), nullable=False),
     Column("generation", Integer, nullable=False),
     Column("source", Text, nullable=False),  # file:line it was applied from
     Column("applied_at", Float, nullable=False),
+    Column("last_applied", Text, nullable=True),  # the spec reconcile last wrote; differs from spec = drift
+    Column("annotations", Text, nullable=False, server_default="{}"),
+    Column("deleted_at", Float, nullable=True),  # soft-deleted: runtime data kept for the retention period
 )
 
 # every message we hold: what arrived (inbound) and what we send (post, notice)
