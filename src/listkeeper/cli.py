@@ -19,12 +19,15 @@ store_option = click.option("--store", "store_url", envvar="LISTKEEPER_STORE", d
 
 def _load(paths: tuple[str, ...]):
     try:
-        return load_manifests(paths or DEFAULT_PATHS)
+        manifests = load_manifests(paths or DEFAULT_PATHS)
     except ManifestErrors as exc:
         for error in exc.errors:
             click.echo(str(error), err=True)
         click.echo(f"{len(exc.errors)} error(s); nothing was changed.", err=True)
         sys.exit(1)
+    for path in manifests.skipped:
+        click.echo(f"{path}: skipped: no document has apiVersion or kind, so it holds no manifest", err=True)
+    return manifests
 
 
 def _open_store(url: str | None):

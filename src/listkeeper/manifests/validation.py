@@ -43,6 +43,7 @@ class Index:
 @dataclass(frozen=True)
 class Manifests:
     resources: tuple[Resource, ...]
+    skipped: tuple[str, ...] = ()  # YAML files holding no manifest at all (e.g. a CI workflow)
 
     def of_kind(self, kind: str) -> list[Resource]:
         return [r for r in self.resources if r.kind == kind]
@@ -51,6 +52,7 @@ class Manifests:
 def load_manifests(paths: Iterable[str | Path]) -> Manifests:
     """Load, validate and cross-check; raises ManifestErrors listing every problem."""
     docs, errors = load_documents(paths)
+    docs, skipped = _without_foreign_files(docs)
     resources: list[Resource] = []
     docs_by_key: dict[tuple[str, str], Document] = {}
     for doc in docs:
@@ -74,7 +76,17 @@ def load_manifests(paths: Iterable[str | Path]) -> Manifests:
     errors.extend(_cross_check(resources, docs_by_key))
     if errors:
         raise ManifestErrors(errors)
-    return Manifests(tuple(resources))
+    return Manifests(tuple(resources), skipped)
+
+
+def _without_foreign_files(docs: list[Document]) -> tuple[list[Document], tuple[str, ...]]:
+    """A file none of whose documents has apiVersion or kind is not ours: skipped, and said so."""
+    ours: dict[str, bool] = {}
+    for doc in docs:
+        mine = not isinstance(doc.data, dict) or "apiVersion" in doc.data or "kind" in doc.data
+        ours[doc.source] = ours.get(doc.source, False) or mine
+    skipped = tuple(sorted(source for source, mine in ours.items() if not mine))
+    return [d for d in docs if d.source not in skipped], skipped
 
 
 def _validate_document(doc: Document) -> tuple[Resource | None, list[ManifestError]]:

@@ -33,7 +33,7 @@ def spec_hash(spec: dict[str, Any]) -> str:
 def desired_state(manifests: Manifests) -> dict[tuple[str, str], DesiredResource]:
     out = {}
     for resource in manifests.resources:
-        spec = resource.manifest.spec.model_dump(mode="json")
+        spec = resource.manifest.spec.model_dump(mode="json", exclude_none=True)
         meta = resource.manifest.metadata
         out[resource.key] = DesiredResource(resource.kind, resource.name, spec, spec_hash(spec),
                                             str(resource.location), dict(meta.annotations), meta.renamed_from)
