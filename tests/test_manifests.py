@@ -53,6 +53,8 @@ spec:
 
 CASES = {
     "broken yaml": ("kind: [MailingList\nspec: x\n", "bad.yaml:2:5: (document): YAML syntax error"),
+    "duplicate key": ("apiVersion: listkeeper/v1\nkind: Domain\nkind: Domain\n",
+                      "bad.yaml:3:1: kind: duplicate key (first at line 2)"),
     "unknown kind": ("apiVersion: listkeeper/v1\nkind: Mailbox\nmetadata: {name: x}\n",
                      "bad.yaml:2:1: kind: unknown kind 'Mailbox'"),
     "unknown apiVersion": ("apiVersion: listkeeper/v9\nkind: Domain\n",

@@ -1,4 +1,4 @@
-"""Read YAML manifests with ruamel.yaml, keeping where every key and item came from."""
+"""Read YAML manifests with ruamel.yaml (libyaml via ruamel.yaml.clib), keeping where every key and item came from."""
 
 from __future__ import annotations
 
@@ -8,12 +8,28 @@ from pathlib import Path
 from typing import Any
 
 from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from ruamel.yaml.resolver import VersionedResolver
 
-from .errors import Location, ManifestError
+from .errors import Location, ManifestError, field_path
 
 SUFFIXES = (".yaml", ".yml")
+
+
+class ManifestResolver(VersionedResolver):
+    """Manifests are YAML 1.2. Fixing the version here spares ruamel.yaml from working it out
+    again (through a caught AttributeError under the C parser) for every single scalar."""
+
+    @property
+    def processing_version(self) -> Any:
+        return (1, 2)
+
+
+def _yaml() -> YAML:
+    yaml = YAML(typ="safe", pure=False)  # libyaml through ruamel.yaml.clib: nodes keep their marks
+    yaml.Resolver = ManifestResolver
+    return yaml
 
 
 @dataclass(frozen=True)
@@ -54,24 +70,27 @@ def load_file(path: Path) -> tuple[list[Document], list[ManifestError]]:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         return [], [ManifestError(Location(source), "", f"cannot read file: {exc}")]
-    yaml = YAML(typ="rt")
+    yaml = _yaml()
     docs: list[Document] = []
+    errors: list[ManifestError] = []
     try:
-        for raw in yaml.load_all(text):
-            if raw is None:
+        for node in yaml.compose_all(text):
+            if node is None:
                 continue
             positions: dict[tuple, tuple[int, int]] = {}
-            start = _start_of(raw)
-            data = _plain(raw, (), positions)
+            data = _plain(node, (), positions, yaml.constructor, source, errors, 0)
+            if data is None:
+                continue
+            start = (node.start_mark.line + 1, node.start_mark.column + 1)
             docs.append(Document(source, Location(source, *start), data, positions))
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         message = " ".join(p for p in (exc.context, exc.problem) if p) or "invalid YAML"
         return docs, [ManifestError(Location(source, line, col), "", f"YAML syntax error: {message}")]
-    except YAMLError as exc:
+    except (YAMLError, ValueError, TypeError) as exc:
         return docs, [ManifestError(Location(source), "", f"YAML syntax error: {exc}")]
-    return docs, []
+    return docs, errors
 
 
 def load_documents(paths: Iterable[str | Path]) -> tuple[list[Document], list[ManifestError]]:
@@ -84,35 +103,42 @@ def load_documents(paths: Iterable[str | Path]) -> tuple[list[Document], list[Ma
     return docs, errors
 
 
-def _start_of(node: Any) -> tuple[int, int]:
-    lc = getattr(node, "lc", None)
-    if lc is not None and lc.line is not None:
-        return lc.line + 1, lc.col + 1
-    return 1, 1
+MAX_DEPTH = 64
+STR_TAG = "tag:yaml.org,2002:str"
 
 
-def _plain(node: Any, path: tuple, positions: dict) -> Any:
-    """Turn ruamel's round-trip nodes into plain Python values, recording positions."""
-    if isinstance(node, CommentedMap):
+def _scalar(node: ScalarNode, constructor) -> Any:
+    tag = node.ctag
+    if tag is not None and tag.handle is None and tag.suffix == STR_TAG:
+        return node.value  # the common case, without the constructor's dispatch
+    return constructor.construct_object(node, deep=True)
+
+
+def _plain(node: Node, path: tuple, positions: dict, constructor, source: str, errors: list, depth: int) -> Any:
+    """Nodes -> plain Python values, recording the position of every key and list item."""
+    if depth > MAX_DEPTH:
+        raise YAMLError(f"nesting deeper than {MAX_DEPTH} levels (a recursive alias?)")
+    if isinstance(node, MappingNode):
+        constructor.flatten_mapping(node)  # merge keys (<<)
         out = {}
-        for key, value in node.items():
-            line, col = node.lc.key(key)
-            positions[path + (key,)] = (line + 1, col + 1)
-            out[key] = _plain(value, path + (key,), positions)
+        for key_node, value_node in node.value:
+            key = _scalar(key_node, constructor) if isinstance(key_node, ScalarNode) else \
+                constructor.construct_object(key_node, deep=True)
+            where = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            if key in out:
+                first = positions.get(path + (key,), where)
+                errors.append(ManifestError(Location(source, *where), field_path(path + (key,)),
+                                            f"duplicate key (first at line {first[0]})"))
+                continue
+            positions[path + (key,)] = where
+            out[key] = _plain(value_node, path + (key,), positions, constructor, source, errors, depth + 1)
         return out
-    if isinstance(node, CommentedSeq):
-        out_list = []
-        for index, value in enumerate(node):
-            line, col = node.lc.item(index)
-            positions[path + (index,)] = (line + 1, col + 1)
-            out_list.append(_plain(value, path + (index,), positions))
-        return out_list
-    if isinstance(node, bool) or node is None:
-        return node
-    if isinstance(node, int):
-        return int(node)
-    if isinstance(node, float):
-        return float(node)
-    if isinstance(node, str):
-        return str(node)
-    return node
+    if isinstance(node, SequenceNode):
+        items = []
+        for index, item in enumerate(node.value):
+            positions[path + (index,)] = (item.start_mark.line + 1, item.start_mark.column + 1)
+            items.append(_plain(item, path + (index,), positions, constructor, source, errors, depth + 1))
+        return items
+    if isinstance(node, ScalarNode):
+        return _scalar(node, constructor)
+    return None

@@ -54,13 +54,14 @@ def load_manifests(paths: Iterable[str | Path]) -> Manifests:
     docs, errors = load_documents(paths)
     docs, skipped = _without_foreign_files(docs)
     resources: list[Resource] = []
+    by_key: dict[tuple[str, str], Resource] = {}
     docs_by_key: dict[tuple[str, str], Document] = {}
     for doc in docs:
         resource, doc_errors = _validate_document(doc)
         errors.extend(doc_errors)
         if resource is None:
             continue
-        first = next((r for r in resources if r.key == resource.key), None)
+        first = by_key.get(resource.key)
         if first is not None:
             errors.append(ManifestError(
                 doc.locate(("metadata", "name")), "metadata.name",
@@ -72,6 +73,7 @@ def load_manifests(paths: Iterable[str | Path]) -> Manifests:
             ))
             continue
         resources.append(resource)
+        by_key[resource.key] = resource
         docs_by_key[resource.key] = doc
     errors.extend(_cross_check(resources, docs_by_key))
     if errors:

@@ -124,7 +124,8 @@ def plan(desired: Mapping[tuple[str, str], DesiredResource],
                                           have.spec, None, have.source, held_back=held,
                                           annotations=have.annotations))
         else:
-            fields = diff_fields(have.spec, want.spec, "spec")
+            same = want.hash == have.hash and want.spec == have.spec
+            fields = () if same else diff_fields(have.spec, want.spec, "spec")
             moved = old_key[1] if old_key else None
             action = Action.update if fields or moved or want.annotations != have.annotations else Action.noop
             changes.append(ResourceChange(want.kind, want.name, action, fields, have.spec, want.spec, want.source,

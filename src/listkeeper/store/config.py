@@ -71,9 +71,12 @@ def lock(conn: Connection, timeout: float) -> int:
 
 
 def _row(row) -> AppliedResource:
-    return AppliedResource(row["kind"], row["name"], json.loads(row["spec"]), row["hash"], row["generation"],
-                           row["source"], json.loads(row["last_applied"]) if row["last_applied"] else None,
-                           json.loads(row["annotations"] or "{}"), row["deleted_at"])
+    spec = json.loads(row["spec"])
+    last = row["last_applied"]
+    last_applied = spec if last == row["spec"] else (json.loads(last) if last else None)
+    annotations = json.loads(row["annotations"]) if row["annotations"] not in (None, "{}") else {}
+    return AppliedResource(row["kind"], row["name"], spec, row["hash"], row["generation"], row["source"],
+                           last_applied, annotations, row["deleted_at"])
 
 
 def applied_resources(conn: Connection) -> dict[tuple[str, str], AppliedResource]:
