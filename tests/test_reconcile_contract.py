@@ -298,3 +298,23 @@ def test_ci_kit_commands_run_on_a_config_repository(repo):
     write(repo / "lists.d", "members.yaml", LIST + "  colour: blue\n")
     bad = subprocess.run(hook["entry"].split(), cwd=repo, env=env, capture_output=True, text=True)
     assert bad.returncode == 1 and "lists.d/members.yaml:11:3: spec.colour: unknown field" in bad.stderr
+
+
+def test_a_failing_write_applies_nothing_and_names_the_resource(tmp_path, conf):
+    write(conf, "second.yaml", LIST.replace("members", "second"))
+    run(tmp_path, "reconcile", "conf")
+    write(conf, "members.yaml", LIST.replace('"[m]"', '"[new]"'))
+    run(tmp_path, "reconcile", "conf", "--dry-run", "--out", "plan.json")
+    doc = json.loads((tmp_path / "plan.json").read_text())
+    change = next(c for c in doc["resource_changes"] if c["name"] == "members")
+    change["name"], change["previous_name"] = "second", "members"  # an edited plan: rename onto a live list
+    (tmp_path / "plan.json").write_text(json.dumps(doc))
+    result = run(tmp_path, "reconcile", "--plan", "plan.json")
+    assert result.returncode == 1
+    assert "applying failed at MailingList/second: IntegrityError" in result.stderr
+    assert "nothing was changed" in result.stderr
+    conn = db(tmp_path)
+    assert sorted(conn.execute("select name from resources where kind='MailingList'").fetchall()) == [
+        ("members",), ("second",)]
+    assert '"[m]"' in conn.execute("select spec from resources where name='members'").fetchone()[0]
+    conn.close()

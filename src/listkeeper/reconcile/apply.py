@@ -53,5 +53,5 @@ def apply(plan: Plan, conn: Connection, now: float,
         return None
     try:
         return applied_config.write_resources(conn, upserts, deletes, now)
-    except Exception as exc:  # the transaction rolls back; say which resource and why
-        raise ApplyError(f"applying failed, nothing was changed: {type(exc).__name__}: {exc}") from exc
+    except applied_config.ResourceWriteFailed as exc:  # the transaction rolls back
+        raise ApplyError(f"applying failed at {exc}; nothing was changed") from exc

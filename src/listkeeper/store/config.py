@@ -17,6 +17,12 @@ class LockTimeout(Exception):
     """Another reconcile holds the configuration lock."""
 
 
+class ResourceWriteFailed(Exception):
+    def __init__(self, kind: str, name: str, cause: Exception):
+        reason = getattr(cause, "orig", None) or cause
+        super().__init__(f"{kind}/{name}: {type(reason).__name__}: {reason}")
+
+
 @dataclass(frozen=True)
 class AppliedResource:
     kind: str
@@ -95,24 +101,34 @@ def write_resources(conn: Connection, upserts: list[ResourceWrite], deletes: lis
     new_generation = generation(conn) + 1
     for kind, name in deletes:
         where = (resources.c.kind == kind, resources.c.name == name)
-        if kind in soft_delete_kinds:
-            conn.execute(update(resources).where(*where).values(deleted_at=now, generation=new_generation))
-        else:
-            conn.execute(delete(resources).where(*where))
+        try:
+            if kind in soft_delete_kinds:
+                conn.execute(update(resources).where(*where).values(deleted_at=now, generation=new_generation))
+            else:
+                conn.execute(delete(resources).where(*where))
+        except Exception as exc:
+            raise ResourceWriteFailed(kind, name, exc) from exc
     for item in upserts:
-        if item.previous_name:
-            rename(conn, item.kind, item.previous_name, item.name)
-        body = canonical(item.spec)
-        values = dict(spec=body, last_applied=body, hash=item.hash, generation=new_generation,
-                      source=item.source, applied_at=now, annotations=canonical(item.annotations), deleted_at=None)
-        found = conn.execute(update(resources).where(resources.c.kind == item.kind,
-                                                     resources.c.name == item.name).values(**values))
-        if found.rowcount == 0:
-            conn.execute(insert(resources).values(kind=item.kind, name=item.name, **values))
+        try:
+            _upsert(conn, item, new_generation, now)
+        except Exception as exc:
+            raise ResourceWriteFailed(item.kind, item.name, exc) from exc
     if conn.execute(update(meta).where(meta.c.key == "generation")
                     .values(value=str(new_generation))).rowcount == 0:
         conn.execute(insert(meta).values(key="generation", value=str(new_generation)))
     return new_generation
+
+
+def _upsert(conn: Connection, item: ResourceWrite, new_generation: int, now: float) -> None:
+    if item.previous_name:
+        rename(conn, item.kind, item.previous_name, item.name)
+    body = canonical(item.spec)
+    values = dict(spec=body, last_applied=body, hash=item.hash, generation=new_generation,
+                  source=item.source, applied_at=now, annotations=canonical(item.annotations), deleted_at=None)
+    found = conn.execute(update(resources).where(resources.c.kind == item.kind,
+                                                 resources.c.name == item.name).values(**values))
+    if found.rowcount == 0:
+        conn.execute(insert(resources).values(kind=item.kind, name=item.name, **values))
 
 
 def rename(conn: Connection, kind: str, old: str, new: str) -> None:
