@@ -9,7 +9,7 @@ import dns.resolver
 from listkeeper.manifests.routes import TlsMode
 
 from .lifecycle import Event
-from .transports import Job, Result, deliver_smtp
+from .transports import Result, SmtpConnection
 
 
 async def mx_hosts(domain: str, resolver: dns.asyncresolver.Resolver) -> list[str] | Result:
@@ -28,15 +28,16 @@ async def mx_hosts(domain: str, resolver: dns.asyncresolver.Resolver) -> list[st
     return [str(r.exchange).rstrip(".") for r in records if str(r.exchange) != "."]
 
 
-async def deliver_mx(job: Job, resolver: dns.asyncresolver.Resolver, port: int = 25,
-                     timeout: float = 60.0) -> Result:
-    hosts = await mx_hosts(job.recipient.rpartition("@")[2], resolver)
+async def connect_mx(domain: str, resolver, port: int, timeout: float, helo_name: str) -> SmtpConnection | Result:
+    """A connection to the most preferred MX host of `domain` that answers."""
+    hosts = await mx_hosts(domain, resolver)
     if isinstance(hosts, Result):
         return hosts
-    last = Result(Event.temporary, "no MX host answered")
+    last = Result(Event.temporary, f"no MX host of {domain} answered")
     for host in hosts:
-        result = await deliver_smtp(host, port, TlsMode.none, job, timeout=timeout)
-        if result.event is not Event.temporary:
-            return result
-        last = result
+        opened = await SmtpConnection.open(host, port, TlsMode.opportunistic, timeout=timeout,
+                                           helo_name=helo_name, verify=False)
+        if isinstance(opened, SmtpConnection):
+            return opened
+        last = opened
     return last

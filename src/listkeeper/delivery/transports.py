@@ -93,46 +93,92 @@ def _classify(code: int, text: str) -> Result:
     return Result(Event.permanent if 500 <= code < 600 else Event.temporary, f"{code} {text}".strip())
 
 
-async def deliver_smtp(host: str, port: int, tls: TlsMode, job: Job, *, timeout: float,
-                       username: str | None = None, password: str | None = None,
-                       tls_context: ssl.SSLContext | None = None) -> Result:
-    """One SMTP transaction with aiosmtplib; replies are classified, errors never raised."""
-    client = aiosmtplib.SMTP(
-        hostname=host, port=port, timeout=timeout, use_tls=tls is TlsMode.implicit,
-        start_tls=True if tls is TlsMode.starttls else False, tls_context=tls_context,
-    )
-    where = f"{host}:{port}"
-    try:
-        await client.connect()
-        if username is not None:
-            await client.login(username, password or "")
-        errors, response = await client.sendmail(job.return_path, [job.recipient], job.data)
-        if errors:
-            code, text = next(iter(errors.values()))
-            return _classify(code, f"{where}: {text}")
-        return Result(Event.delivered, f"{where}: {response}")
-    except aiosmtplib.SMTPAuthenticationError as exc:
-        return Result(Event.temporary, f"{where}: login failed: {exc.code} {exc.message}")
-    except aiosmtplib.SMTPRecipientsRefused as exc:
-        code, text = exc.recipients[0].code, exc.recipients[0].message
-        return _classify(code, f"{where}: {text}")
-    except aiosmtplib.SMTPResponseException as exc:
-        return _classify(exc.code, f"{where}: {exc.message}")
-    except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
-        return Result(Event.temporary, f"{where}: {type(exc).__name__}: {exc}")
-    finally:
+class SmtpConnection:
+    """One open SMTP connection that may carry several messages; every outcome is a Result."""
+
+    def __init__(self, client: aiosmtplib.SMTP, where: str):
+        self._client = client
+        self.where = where
+        self.broken = False
+
+    @classmethod
+    async def open(cls, host: str, port: int, tls: TlsMode, *, timeout: float, helo_name: str,
+                   username: str | None = None, password: str | None = None,
+                   tls_context: ssl.SSLContext | None = None, server_hostname: str | None = None,
+                   verify: bool = True) -> "SmtpConnection | Result":
+        client = aiosmtplib.SMTP(
+            hostname=host, port=port, timeout=timeout, use_tls=tls is TlsMode.implicit,
+            start_tls=True if tls is TlsMode.starttls else (None if tls is TlsMode.opportunistic else False),
+            tls_context=tls_context, local_hostname=helo_name, validate_certs=verify,
+            server_hostname=server_hostname,
+        )
+        where = f"{server_hostname or host}:{port}"
         try:
-            client.close()
-        except Exception:
+            await client.connect()
+            if username is not None:
+                await client.login(username, password or "")
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            _close(client)
+            return Result(Event.temporary, f"{where}: login failed: {exc.code} {exc.message}")
+        except aiosmtplib.SMTPResponseException as exc:
+            _close(client)
+            return Result(Event.temporary if exc.code < 500 else Event.permanent, f"{where}: {exc.code} {exc.message}")
+        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
+            _close(client)
+            return Result(Event.temporary, f"{where}: cannot connect: {type(exc).__name__}: {exc}")
+        return cls(client, where)
+
+    async def send(self, job: Job) -> Result:
+        try:
+            errors, response = await self._client.sendmail(job.return_path, [job.recipient], job.data)
+            if errors:
+                code, text = next(iter(errors.values()))
+                return _classify(code, f"{self.where}: {text}")
+            return Result(Event.delivered, f"{self.where}: {response}")
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            return _classify(exc.recipients[0].code, f"{self.where}: {exc.recipients[0].message}")
+        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError, asyncio.TimeoutError) as exc:
+            self.broken = True
+            return Result(Event.temporary, f"{self.where}: {type(exc).__name__}: {exc}")
+        except aiosmtplib.SMTPResponseException as exc:
+            if exc.code == 421:
+                self.broken = True
+            return _classify(exc.code, f"{self.where}: {exc.message}")
+        except aiosmtplib.SMTPException as exc:
+            self.broken = True
+            return Result(Event.temporary, f"{self.where}: {type(exc).__name__}: {exc}")
+
+    async def close(self) -> None:
+        try:
+            if not self.broken and self._client.is_connected:
+                await asyncio.wait_for(self._client.quit(), 5)
+        except Exception:  # noqa: BLE001 - closing is best effort
             pass
+        _close(self._client)
 
 
-async def deliver_relay(relay: RelaySpec, job: Job, tls_context: ssl.SSLContext | None = None) -> Result:
+def _close(client: aiosmtplib.SMTP) -> None:
+    try:
+        client.close()
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def relay_tls_context(relay: RelaySpec) -> ssl.SSLContext | None:
+    return ssl.create_default_context(cafile=relay.tls_ca_file) if relay.tls_ca_file else None
+
+
+async def connect_relay(relay: RelaySpec, helo_name: str) -> SmtpConnection | Result:
     username = password = None
     if relay.auth is not None:
         try:
             username, password = relay.auth.username, relay.auth.password.reveal()
         except (LookupError, OSError) as exc:
             return Result(Event.temporary, f"relay credentials unavailable: {exc}")
-    return await deliver_smtp(relay.host, relay.effective_port, relay.tls, job, timeout=relay.timeout,
-                              username=username, password=password, tls_context=tls_context)
+    try:
+        context = relay_tls_context(relay)
+    except (OSError, ssl.SSLError) as exc:
+        return Result(Event.temporary, f"relay CA file {relay.tls_ca_file}: {exc}")
+    return await SmtpConnection.open(relay.host, relay.effective_port, relay.tls, timeout=relay.timeout,
+                                     helo_name=helo_name, username=username, password=password,
+                                     tls_context=context)

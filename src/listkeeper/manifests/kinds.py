@@ -6,7 +6,8 @@ from .common import Manifest
 from .domains import Domain
 from .lists import MailingList
 from .routes import Relay, RoutingTable
+from .suppression import SuppressionList
 
 KINDS: dict[str, type[Manifest]] = {
-    cls.KIND: cls for cls in (Domain, MailingList, RoutingTable, Relay)
+    cls.KIND: cls for cls in (Domain, MailingList, RoutingTable, Relay, SuppressionList)
 }
