@@ -102,7 +102,8 @@ async def test_every_subscriber_gets_one_identical_copy_through_the_relay(tmp_pa
     assert rcpts == sorted(SUBSCRIBERS)
     bodies = {data.split(b"\r\n\r\n", 1)[1] for _, _, data in relay.received}
     assert bodies == {BODY.encode()}
-    assert {mail_from for mail_from, _, _ in relay.received} == {"members-bounces@example.org"}
+    assert {mail_from for mail_from, _, _ in relay.received} == {
+        f"members-bounces+{r.replace('@', '=')}@example.org" for r in SUBSCRIBERS}  # VERP
     assert message_from_bytes(relay.received[0][2])["List-Id"] == "<members.example.org>"
 
 

@@ -94,7 +94,8 @@ async def test_post_is_delivered_once_to_each_regular_subscriber(tmp_path, conf,
         {"alice@example.org": 1, "bob@example.net": 1, "carol@example.com": 1, "chair@example.org": 1})
     for path in outbox(tmp_path):
         msg = message_from_bytes(path.read_bytes())
-        assert msg["Return-Path"] == "<members-bounces@example.org>"
+        rcpt = msg["Delivered-To"]
+        assert msg["Return-Path"] == f"<members-bounces+{rcpt.replace('@', '=')}@example.org>"  # VERP
         assert msg["List-Id"] == "<members.example.org>"
         assert msg["List-Post"] == "<mailto:members@example.org>"
         assert msg["List-Unsubscribe"] == "<mailto:members-request@example.org?subject=unsubscribe>"

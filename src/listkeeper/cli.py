@@ -143,14 +143,16 @@ def reconcile(paths, store_url, dry_run, prune, detailed_exitcode, output, revis
 @click.option("--host", default="127.0.0.1", show_default=True, help="SMTP listen address.")
 @click.option("--port", default=2525, show_default=True, type=click.IntRange(0, 65535), help="SMTP port.")
 @click.option("--prune", is_flag=True, help="Let the start-up reconcile delete resources.")
-@click.option("--concurrency", default=20, show_default=True, type=click.IntRange(1, 99),
-              help="Parallel deliveries.")
-def serve(paths, store_url, host, port, prune, concurrency) -> None:
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--uvloop", "use_uvloop", is_flag=True, help="Run on uvloop (pip install 'listkeeper[fast]').")
+def serve(paths, store_url, host, port, prune, log_level, use_uvloop) -> None:
     """Reconcile, then accept SMTP and deliver."""
     from listkeeper.engine.server import ServeOptions, serve_forever
     from listkeeper.reconcile import reconcile as reconcile_store
     from listkeeper.store.config import LockTimeout
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(level=getattr(logging, log_level.upper()),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
     for noisy in ("mail.log", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     manifests = _load(paths)
@@ -167,10 +169,152 @@ def serve(paths, store_url, host, port, prune, concurrency) -> None:
         click.echo(f"listkeeper serving {len(snap.lists)} list(s) for {', '.join(sorted(snap.domains))} "
                    f"on smtp://{host}:{engine.port} (generation {snap.generation}); Ctrl-C stops", err=True)
 
-    options = ServeOptions(host=host, port=port, concurrency=concurrency)
+    options = ServeOptions(host=host, port=port)
+    run = asyncio.run
+    if use_uvloop:
+        try:
+            import uvloop
+        except ImportError:
+            raise click.ClickException("--uvloop needs uvloop: pip install 'listkeeper[fast]'") from None
+        run = uvloop.run
     try:
-        asyncio.run(serve_forever(store, options, ready))
+        run(serve_forever(store, options, ready))
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     finally:
         store.close()
+
+
+@main.group(invoke_without_command=True)
+@store_option
+@click.pass_context
+def queue(ctx, store_url) -> None:
+    """The delivery queue: counts by state and destination (see also show, retry, drop)."""
+    ctx.obj = store_url
+    if ctx.invoked_subcommand is not None:
+        return
+    from listkeeper.store import queue as store_queue
+    store = _open_store(store_url)
+    try:
+        with store.engine.connect() as conn:
+            rows = store_queue.counts_by_state_and_transport(conn)
+    finally:
+        store.close()
+    if not rows:
+        click.echo("The queue is empty.")
+        return
+    click.echo(f"{'state':<12}{'destination':<40}{'deliveries':>10}")
+    for state, transport, count in rows:
+        click.echo(f"{state:<12}{transport:<40}{count:>10}")
+
+
+@queue.command("show")
+@click.argument("delivery_id", type=int)
+@click.pass_obj
+def queue_show(store_url, delivery_id) -> None:
+    """One delivery: recipient, state, attempts, next attempt, last error."""
+    import datetime
+    from listkeeper.store import queue as store_queue
+    store = _open_store(store_url)
+    try:
+        with store.engine.connect() as conn:
+            row = store_queue.delivery(conn, delivery_id)
+    finally:
+        store.close()
+    if row is None:
+        raise click.ClickException(f"no delivery {delivery_id}")
+
+    def when(ts):
+        return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).isoformat(timespec="seconds") if ts else "-"
+
+    for label, value in (("delivery", row["id"]), ("post", row["message_id"]), ("list", row["list_name"] or "-"),
+                         ("recipient", row["recipient"]), ("return path", row["return_path"] or "<>"),
+                         ("state", row["state"]), ("attempts", row["attempts"]),
+                         ("next attempt", when(row["next_attempt_at"])), ("destination", row["transport"] or "-"),
+                         ("last error", row["last_error"] or "-"), ("queued at", when(row["created_at"]))):
+        click.echo(f"{label + ':':<14}{value}")
+
+
+@queue.command("retry")
+@click.option("--failed", "which", flag_value="failed", default=True, help="Failed deliveries (default).")
+@click.option("--all", "which", flag_value="all", help="Every delivery, delivered ones included: send again.")
+@click.option("--post", "post_id", type=int, help="Only the deliveries of this post.")
+@click.pass_obj
+def queue_retry(store_url, which, post_id) -> None:
+    """Set deliveries back to unsent, due now."""
+    from listkeeper.store import queue as store_queue
+    store = _open_store(store_url)
+    try:
+        with store.engine.begin() as conn:
+            count = store_queue.retry(conn, store.now(), failed_only=which == "failed", post_id=post_id)
+    finally:
+        store.close()
+    click.echo(f"{count} deliver{'y' if count == 1 else 'ies'} queued again.")
+
+
+@queue.command("drop")
+@click.argument("delivery_id", type=int)
+@click.pass_obj
+def queue_drop(store_url, delivery_id) -> None:
+    """Remove one delivery from the queue."""
+    from listkeeper.store import queue as store_queue
+    store = _open_store(store_url)
+    try:
+        with store.engine.begin() as conn:
+            dropped = store_queue.drop(conn, delivery_id)
+    finally:
+        store.close()
+    if not dropped:
+        raise click.ClickException(f"no delivery {delivery_id} that can be dropped (it may be sending)")
+    click.echo(f"Delivery {delivery_id} dropped.")
+
+
+@main.group()
+def suppress() -> None:
+    """Addresses never sent to, added at run time (SuppressionList manifests add more)."""
+
+
+@suppress.command("add")
+@click.argument("addresses", nargs=-1, required=True)
+@click.option("--reason", default="added by an operator", show_default=True)
+@store_option
+def suppress_add(addresses, reason, store_url) -> None:
+    from listkeeper.store import suppressions
+    store = _open_store(store_url)
+    try:
+        with store.engine.begin() as conn:
+            for address in addresses:
+                added = suppressions.add(conn, address, reason, store.now())
+                click.echo(f"{address}: {'suppressed' if added else 'already suppressed'}")
+    finally:
+        store.close()
+
+
+@suppress.command("remove")
+@click.argument("addresses", nargs=-1, required=True)
+@store_option
+def suppress_remove(addresses, store_url) -> None:
+    from listkeeper.store import suppressions
+    store = _open_store(store_url)
+    try:
+        with store.engine.begin() as conn:
+            for address in addresses:
+                click.echo(f"{address}: {'removed' if suppressions.remove(conn, address) else 'not suppressed'}")
+    finally:
+        store.close()
+
+
+@suppress.command("list")
+@store_option
+def suppress_list(store_url) -> None:
+    from listkeeper.store import suppressions
+    store = _open_store(store_url)
+    try:
+        with store.engine.connect() as conn:
+            rows = suppressions.listing(conn)
+    finally:
+        store.close()
+    for address, reason, _ in rows:
+        click.echo(f"{address}\t{reason}")
+    if not rows:
+        click.echo("No runtime suppressions.")

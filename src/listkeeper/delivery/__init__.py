@@ -1,1 +1,1 @@
-"""Delivery: the queue runner decides when; transports only deliver and report."""
+"""Delivery: the scheduler decides when and how much; transports only deliver and report."""

@@ -1,4 +1,4 @@
-"""A delivery's life as one transition table; the runner only asks it what comes next."""
+"""A delivery's life as one transition table; the scheduler only asks it what comes next."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ class State(str, Enum):
     delivered = "delivered"
     deferred = "deferred"
     failed = "failed"
+    suppressed = "suppressed"  # on a suppression list: never sent, and not a failure
 
 
 class Event(str, Enum):
@@ -20,7 +21,8 @@ class Event(str, Enum):
     temporary = "temporary"  # 4xx, connection trouble: try again later
     permanent = "permanent"  # 5xx: give up now
     expired = "expired"  # a temporary failure past the message's lifetime
-    lease_lost = "lease_lost"  # the runner holding it died
+    lease_lost = "lease_lost"  # the node holding its lease died
+    suppressed = "suppressed"
 
 
 TRANSITIONS: dict[tuple[State, Event], State] = {
@@ -31,6 +33,7 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
     (State.sending, Event.permanent): State.failed,
     (State.sending, Event.expired): State.failed,
     (State.sending, Event.lease_lost): State.deferred,
+    (State.sending, Event.suppressed): State.suppressed,
 }
 
 
@@ -47,9 +50,11 @@ def next_state(state: State, event: Event) -> State:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    first: float = 60.0  # seconds until the first retry
+    """Postfix's defaults: first retry after 5 minutes, doubling up to about 67, for 5 days."""
+
+    first: float = 300.0
     factor: float = 2.0
-    ceiling: float = 3600.0
+    ceiling: float = 4000.0
     lifetime: float = 5 * 24 * 3600.0  # then a temporary failure becomes final
 
     def next_attempt(self, attempts: int, created_at: float, now: float) -> float | None:

@@ -85,12 +85,8 @@ async def deliver_pickup(route: PickupRoute, jobs: list[Job]) -> list[Result]:
     return await asyncio.to_thread(_write_pickup_batch, Path(route.folder), jobs)
 
 
-async def deliver_discard(job: Job) -> Result:
-    return Result(Event.delivered, "discarded by route")
-
-
-def _classify(code: int, text: str) -> Result:
-    return Result(Event.permanent if 500 <= code < 600 else Event.temporary, f"{code} {text}".strip())
+def _classify(code: int, text: str, where: str) -> Result:
+    return Result(Event.permanent if 500 <= code < 600 else Event.temporary, f"{where}: {code} {text}".strip())
 
 
 class SmtpConnection:
@@ -110,7 +106,6 @@ class SmtpConnection:
             hostname=host, port=port, timeout=timeout, use_tls=tls is TlsMode.implicit,
             start_tls=True if tls is TlsMode.starttls else (None if tls is TlsMode.opportunistic else False),
             tls_context=tls_context, local_hostname=helo_name, validate_certs=verify,
-            server_hostname=server_hostname,
         )
         where = f"{server_hostname or host}:{port}"
         try:
@@ -133,17 +128,17 @@ class SmtpConnection:
             errors, response = await self._client.sendmail(job.return_path, [job.recipient], job.data)
             if errors:
                 code, text = next(iter(errors.values()))
-                return _classify(code, f"{self.where}: {text}")
+                return _classify(code, text, self.where)
             return Result(Event.delivered, f"{self.where}: {response}")
         except aiosmtplib.SMTPRecipientsRefused as exc:
-            return _classify(exc.recipients[0].code, f"{self.where}: {exc.recipients[0].message}")
+            return _classify(exc.recipients[0].code, exc.recipients[0].message, self.where)
         except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError, asyncio.TimeoutError) as exc:
             self.broken = True
             return Result(Event.temporary, f"{self.where}: {type(exc).__name__}: {exc}")
         except aiosmtplib.SMTPResponseException as exc:
             if exc.code == 421:
                 self.broken = True
-            return _classify(exc.code, f"{self.where}: {exc.message}")
+            return _classify(exc.code, exc.message, self.where)
         except aiosmtplib.SMTPException as exc:
             self.broken = True
             return Result(Event.temporary, f"{self.where}: {type(exc).__name__}: {exc}")

@@ -88,12 +88,13 @@ def fan_out(data: bytes, mail_from: str, recipients: list[Recipient], snapshot: 
             copy = list_copy(message, lst, snapshot.hostname(lst.domain), now)
             posts.append(PostRecord(lst.name, state, f"{verdict.rule}: {verdict.reason}", copy,
                                     lst.address_for("bounces"),
-                                    regular_members(lst) if state == "queued" else ()))
+                                    regular_members(lst) if state == "queued" else (), verp=True))
         elif rcpt.target is Target.owner:
             posts.append(PostRecord(lst.name, "queued", "owner: forwarded to the moderators", data,
                                     lst.address_for("bounces"), moderators(lst)))
         elif rcpt.target is Target.bounces:
-            posts.append(PostRecord(lst.name, "bounce", "bounce: kept for bounce processing", data,
+            whom = f" for {rcpt.subscriber}" if rcpt.subscriber else ""
+            posts.append(PostRecord(lst.name, "bounce", f"bounce{whom}: kept for bounce processing", data,
                                     "", ()))
         elif rcpt.target is Target.postmaster:
             domain = snapshot.domains[rcpt.address.rpartition("@")[2]]

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+from listkeeper.manifests.addresses import unverp
+
 from .snapshot import ListConfig, Snapshot
 
 
@@ -20,6 +22,7 @@ class Recipient:
     address: str
     target: Target
     list: ListConfig | None = None
+    subscriber: str | None = None  # for a VERP bounce address: whom the bounced copy was for
 
 
 @dataclass(frozen=True)
@@ -44,9 +47,10 @@ def accept_recipient(address: str, snapshot: Snapshot) -> Recipient | Refusal:
     found = snapshot.lists.get(address)
     if found is not None:
         return Recipient(address, Target.post, found)
+    local, plus, token = local.partition("+")
     base, dash, suffix = local.rpartition("-")
-    if dash and suffix in ("owner", "bounces"):
+    if dash and suffix in ("owner", "bounces") and (not plus or suffix == "bounces"):
         found = snapshot.lists.get(f"{base}@{domain}")
         if found is not None:
-            return Recipient(address, Target(suffix), found)
+            return Recipient(address, Target(suffix), found, unverp(token) if plus else None)
     return Refusal(550, "5.1.1 No such list or user here")

@@ -10,9 +10,12 @@ from pathlib import Path
 
 from aiosmtpd.smtp import SMTP
 
-from listkeeper.delivery.runner import DeliveryRunner
+from listkeeper.delivery.scheduler import Scheduler
 from listkeeper.store import Store
+from listkeeper.store.queue import InboundRecord, PostRecord
 
+from .fanout import Refused, fan_out
+from .recipients import Recipient, accept_recipient
 from .smtp import ListHandler
 from .snapshot import Snapshot, load_snapshot
 from .spool import Spool
@@ -24,8 +27,6 @@ log = logging.getLogger("listkeeper.serve")
 class ServeOptions:
     host: str = "127.0.0.1"
     port: int = 2525
-    concurrency: int = 20
-    mx_port: int = 25
     data_size_limit: int = 64 * 1024 * 1024
 
 
@@ -37,7 +38,7 @@ class Engine:
     options: ServeOptions
     snapshot: Snapshot
     spool: Spool | None = None
-    runner: DeliveryRunner | None = None
+    scheduler: Scheduler | None = None
     server: asyncio.base_events.Server | None = None
     tasks: list[asyncio.Task] = field(default_factory=list)
 
@@ -46,9 +47,8 @@ class Engine:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self.runner = DeliveryRunner(self.store, self.current, concurrency=self.options.concurrency,
-                                     mx_port=self.options.mx_port)
-        self.spool = Spool(self.store, on_commit=self.runner.wake)
+        self.scheduler = Scheduler(self.store, self.current, inject=self.inject)
+        self.spool = Spool(self.store, on_commit=self.scheduler.wake)
         handler = ListHandler(self.current, self.spool, self.store.now)
         hostname = self.snapshot.hostname()  # given, so aiosmtpd never calls getfqdn per connection
 
@@ -57,7 +57,25 @@ class Engine:
                         enable_SMTPUTF8=True, data_size_limit=self.options.data_size_limit)
 
         self.server = await loop.create_server(protocol, host=self.options.host, port=self.options.port)
-        self.tasks.append(asyncio.create_task(self.runner.run(), name="delivery-runner"))
+        self.tasks.append(asyncio.create_task(self.scheduler.run(), name="delivery-scheduler"))
+
+    async def inject(self, data: bytes, mail_from: str, recipients: list[str]) -> None:
+        """Mail the engine writes itself (delivery reports, notices): local addresses take the
+        inbound path (a report to a VERP address becomes a bounce record); others are queued."""
+        snapshot = self.snapshot
+        local, remote = [], []
+        for address in recipients:
+            found = accept_recipient(address, snapshot)
+            (local if isinstance(found, Recipient) else remote).append(found if isinstance(found, Recipient) else address)
+        record = fan_out(data, mail_from, local, snapshot, self.store.now()) if local else \
+            InboundRecord(mail_from, (), data, snapshot.generation, ())
+        if isinstance(record, Refused):
+            log.warning("engine mail to %s refused: %s", recipients, record.reply)
+            return
+        if remote:
+            notice = PostRecord("", "queued", "notice", data, mail_from, tuple(remote))
+            record = InboundRecord(mail_from, tuple(recipients), data, snapshot.generation, record.posts + (notice,))
+        await self.spool.submit(record)
 
     @property
     def port(self) -> int:

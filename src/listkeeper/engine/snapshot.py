@@ -10,7 +10,7 @@ from listkeeper.manifests.common import API_VERSION
 from listkeeper.manifests.domains import DomainSpec
 from listkeeper.manifests.kinds import KINDS
 from listkeeper.manifests.lists import MailingListSpec
-from listkeeper.manifests.routes import RelaySpec, Route
+from listkeeper.manifests.routes import Delivery, Dns, RelaySpec, Route
 from listkeeper.store import Store
 from listkeeper.store import config as applied_config
 
@@ -39,6 +39,10 @@ class Snapshot:
     lists: Mapping[str, ListConfig]  # by posting address
     routes: tuple[Route, ...]
     relays: Mapping[str, RelaySpec]
+    delivery: Delivery = Delivery()
+    dns: Dns = Dns()
+    suppressed_addresses: frozenset[str] = frozenset()
+    suppressed_domains: tuple[str, ...] = ()
 
     def hostname(self, domain: str | None = None) -> str:
         if domain in self.domains:
@@ -57,6 +61,9 @@ def load_snapshot(store: Store) -> Snapshot:
         generation = applied_config.generation(conn)
         applied = applied_config.applied_resources(conn)
     domains, lists, relays, routes = {}, {}, {}, ()
+    delivery, dns_settings = Delivery(), Dns()
+    addresses: set[str] = set()
+    patterns: list[str] = []
     for (kind, name), item in sorted(applied.items()):
         spec = _spec(kind, name, item.spec)
         if kind == "Domain":
@@ -66,6 +73,9 @@ def load_snapshot(store: Store) -> Snapshot:
         elif kind == "Relay":
             relays[name] = spec
         elif kind == "RoutingTable":
-            routes = tuple(spec.routes)
+            routes, delivery, dns_settings = tuple(spec.routes), spec.delivery, spec.dns
+        elif kind == "SuppressionList":
+            addresses.update(spec.addresses)
+            patterns.extend(spec.domains)
     return Snapshot(generation, MappingProxyType(domains), MappingProxyType(lists), routes,
-                    MappingProxyType(relays))
+                    MappingProxyType(relays), delivery, dns_settings, frozenset(addresses), tuple(patterns))

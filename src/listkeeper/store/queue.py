@@ -6,8 +6,10 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import Float, bindparam, func, insert, select, update
+from sqlalchemy import Float, bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Connection
+
+from listkeeper.manifests.addresses import verp
 
 from .tables import deliveries, messages
 
@@ -22,6 +24,7 @@ class PostRecord:
     data: bytes
     return_path: str
     recipients: tuple[str, ...]
+    verp: bool = False  # each recipient's return path names it (bounce attribution)
 
 
 @dataclass(frozen=True)
@@ -74,8 +77,8 @@ def spool(conn: Connection, records: Iterable[InboundRecord], now: float) -> lis
               recipients=json.dumps(list(p.recipients)), reason=p.reason, generation=generation,
               size=len(p.data), data=p.data, created_at=now) for parent, generation, p in posts],
     ).scalars().all()
-    rows = [dict(message_id=post_id, recipient=rcpt, return_path=p.return_path, state="queued", attempts=0,
-                 next_attempt_at=now, created_at=now, updated_at=now)
+    rows = [dict(message_id=post_id, recipient=rcpt, return_path=verp(p.return_path, rcpt) if p.verp else p.return_path,
+                 state="queued", attempts=0, next_attempt_at=now, created_at=now, updated_at=now)
             for post_id, (_, _, p) in zip(post_ids, posts) if p.state == "queued" for rcpt in p.recipients]
     if rows:
         conn.execute(insert(deliveries), rows)
@@ -162,3 +165,40 @@ def pending_domains(conn: Connection) -> dict[str, int]:
         domain = recipient.rpartition("@")[2].lower()
         counts[domain] = counts.get(domain, 0) + 1
     return counts
+
+
+def counts_by_state_and_transport(conn: Connection) -> list[tuple[str, str, int]]:
+    rows = conn.execute(select(deliveries.c.state, deliveries.c.transport, func.count())
+                        .group_by(deliveries.c.state, deliveries.c.transport)
+                        .order_by(deliveries.c.state, deliveries.c.transport))
+    return [(state, transport or "-", count) for state, transport, count in rows]
+
+
+def pending_recipients(conn: Connection, limit: int = 100_000) -> list[str]:
+    return list(conn.execute(select(deliveries.c.recipient).where(deliveries.c.state.in_(PENDING)).limit(limit))
+                .scalars())
+
+
+def delivery(conn: Connection, delivery_id: int) -> dict | None:
+    row = conn.execute(
+        select(deliveries, messages.c.list_name, messages.c.parent_id, messages.c.size)
+        .select_from(deliveries.join(messages, messages.c.id == deliveries.c.message_id))
+        .where(deliveries.c.id == delivery_id)).mappings().first()
+    return dict(row) if row else None
+
+
+def retry(conn: Connection, now: float, *, failed_only: bool, post_id: int | None = None) -> int:
+    """Failed (or, with failed_only False, all) deliveries back to queued, due now."""
+    states = ("failed",) if failed_only else ("failed", "deferred", "delivered", "suppressed")
+    where = [deliveries.c.state.in_(states)]
+    if post_id is not None:
+        post_copies = select(messages.c.id).where((messages.c.id == post_id) | (messages.c.parent_id == post_id))
+        where.append(deliveries.c.message_id.in_(post_copies))
+    return conn.execute(update(deliveries).where(*where).values(
+        state="queued", next_attempt_at=now, lease_until=None, updated_at=now)).rowcount
+
+
+def drop(conn: Connection, delivery_id: int) -> bool:
+    """Remove one delivery from the queue (an operator's decision; never done by the engine)."""
+    return conn.execute(delete(deliveries).where(deliveries.c.id == delivery_id,
+                                                  deliveries.c.state != "sending")).rowcount > 0

@@ -67,3 +67,11 @@ deliveries = Table(
 )
 Index("ix_deliveries_due", deliveries.c.state, deliveries.c.next_attempt_at)
 Index("ix_deliveries_message", deliveries.c.message_id)
+
+# addresses never sent to, added at run time (`listkeeper suppress add`, bounces)
+suppressions = Table(
+    "suppressions", metadata,
+    Column("address", String(254), primary_key=True),
+    Column("reason", Text, nullable=False),
+    Column("added_at", Float, nullable=False),
+)

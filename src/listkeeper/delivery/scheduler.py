@@ -1,0 +1,332 @@
+"""The scheduler: it alone decides when and how much goes to each destination (after Postfix's qmgr).
+
+Transports only deliver and report a Result. The scheduler claims due deliveries from the store in
+bounded batches (so no per-recipient object lives for a whole fan-out), queues them per destination,
+runs at most `per_destination` connections per destination and `max_connections` in all, sends
+several messages per connection, paces sending (throttle, per-run limit, smart-host delay), and
+records outcomes in batches with retry times from the lifecycle table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from listkeeper.store import Store
+from listkeeper.store import queue as store_queue
+from listkeeper.store import suppressions as store_suppressions
+from listkeeper.store.queue import Due, Outcome
+
+from . import dsn
+from .destinations import Destination, destination_for, is_suppressed
+from .lifecycle import Event, RetryPolicy, State, next_state
+from .mx import connect_mx
+from .resolver import MxResolver
+from .transports import Job, Result, SmtpConnection, connect_relay, deliver_pickup
+
+log = logging.getLogger("listkeeper.delivery")
+
+BATCH = 500  # deliveries claimed at once
+HIGH_WATER = 2000  # claimed but not yet sent; claiming waits below this
+FLUSH_EVERY = 500  # outcomes written per transaction ...
+FLUSH_AFTER = 0.2  # ... or after this many seconds, so little is sent again after a crash
+PICKUP_CHUNK = 200
+
+Inject = Callable[[bytes, str, list[str]], Awaitable[None]]
+
+
+@dataclass
+class DestinationQueue:
+    destination: Destination
+    jobs: deque = field(default_factory=deque)
+    workers: int = 0
+    dead: Result | None = None  # the destination could not be reached in this run
+
+
+class Pace:
+    """Throttle: after every N messages, everyone pauses for T."""
+
+    def __init__(self, throttle):
+        self._throttle = throttle
+        self._sent = 0
+        self._resume_at = 0.0
+
+    async def ready(self) -> None:
+        if self._throttle is None:
+            return
+        loop = asyncio.get_running_loop()
+        while (delay := self._resume_at - loop.time()) > 0:
+            await asyncio.sleep(delay)
+        self._sent += 1
+        if self._sent % self._throttle.messages == 0:
+            self._resume_at = loop.time() + self._throttle.pause
+
+
+class Scheduler:
+    def __init__(self, store: Store, current, *, inject: Inject | None = None,
+                 clock: Callable[[], float] | None = None, lease: float = 300.0):
+        self._store = store
+        self._current = current  # () -> Snapshot
+        self._inject = inject
+        self._clock = clock or store.now
+        self._lease = lease
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._room = asyncio.Event()
+        self._outcomes: list[Outcome] = []
+        self._failures: list[tuple[Due, Result]] = []
+        self._bodies: dict[int, bytes] = {}
+        self._refs: dict[int, int] = {}
+        self._in_queue = 0
+        self._flushed_at = 0.0
+        self._resolvers: dict[object, MxResolver] = {}
+        self.delivered = 0
+
+    def wake(self) -> None:
+        """Thread-safe: new work was committed."""
+        self._loop.call_soon_threadsafe(self._wake.set)
+
+    async def run(self) -> None:
+        await asyncio.to_thread(self._release_all)
+        while True:
+            self._wake.clear()
+            snapshot = self._current()
+            settings = snapshot.delivery
+            done = await self.run_once(snapshot)
+            if settings.run_limit and done >= settings.run_limit:
+                await asyncio.sleep(settings.run_interval)  # the rest waits for the next run
+                continue
+            if done:
+                continue
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=settings.run_interval)
+            except asyncio.TimeoutError:
+                pass
+
+    def _release_all(self) -> None:
+        # a single node owns every lease; what was 'sending' when it stopped is due again
+        with self._store.engine.begin() as conn:
+            store_queue.release_expired(conn, float("inf"))
+
+    async def run_once(self, snapshot) -> int:
+        settings = snapshot.delivery
+        limit = settings.run_limit or float("inf")
+        runtime_suppressed = await asyncio.to_thread(self._suppressed)
+        suppressed = snapshot.suppressed_addresses | runtime_suppressed
+        queues: dict[str, DestinationQueue] = {}
+        tasks: list[asyncio.Task] = []
+        connections = asyncio.Semaphore(settings.max_connections)
+        pace = Pace(settings.throttle)
+        claimed_total = 0
+        while claimed_total < limit:
+            while self._in_queue >= HIGH_WATER:
+                self._room.clear()
+                await self._room.wait()
+            claimed = await self._claim(int(min(BATCH, limit - claimed_total)))
+            if not claimed:
+                break
+            claimed_total += len(claimed)
+            for due in claimed:
+                if is_suppressed(due.recipient, suppressed, snapshot.suppressed_domains):
+                    self._record(due, Result(Event.suppressed, "on a suppression list"), "suppressed", snapshot)
+                    continue
+                dest = destination_for(due.recipient, snapshot.routes)
+                queue = queues.get(dest.key)
+                if queue is None:
+                    queue = queues[dest.key] = DestinationQueue(dest)
+                queue.jobs.append(due)
+                self._in_queue += 1
+                limit_here = 1 if dest.kind in ("pickup", "discard", "none") else settings.per_destination
+                while queue.workers < min(limit_here, len(queue.jobs)):
+                    queue.workers += 1
+                    tasks.append(asyncio.create_task(self._work(queue, snapshot, connections, pace)))
+            await self._flush_if_full(snapshot)
+        if tasks:
+            await asyncio.gather(*tasks)
+        await self._flush(snapshot)
+        return claimed_total
+
+    def _suppressed(self) -> frozenset[str]:
+        with self._store.engine.connect() as conn:
+            return store_suppressions.addresses(conn)
+
+    async def _claim(self, limit: int) -> list[Due]:
+        known = frozenset(self._bodies)
+        due, bodies = await asyncio.to_thread(self._claim_in_store, limit, known)
+        self._bodies.update(bodies)  # bookkeeping stays on the loop's thread
+        gone = {d.message_id for d in due} - set(self._bodies)  # released while we were claiming
+        if gone:
+            self._bodies.update(await asyncio.to_thread(self._fetch, gone))
+        for d in due:
+            self._refs[d.message_id] = self._refs.get(d.message_id, 0) + 1
+        return due
+
+    def _fetch(self, message_ids: set[int]) -> dict[int, bytes]:
+        with self._store.engine.connect() as conn:
+            return store_queue.message_data(conn, message_ids)
+
+    def _claim_in_store(self, limit: int, known: frozenset[int]) -> tuple[list[Due], dict[int, bytes]]:
+        with self._store.engine.begin() as conn:
+            due = store_queue.claim_due(conn, self._clock(), limit, self._lease)
+            return due, store_queue.message_data(conn, {d.message_id for d in due} - known)
+
+    def _job(self, due: Due) -> Job:
+        return Job(due.delivery_id, due.recipient, due.return_path, self._bodies[due.message_id])
+
+    def _take(self, queue: DestinationQueue) -> Due:
+        due = queue.jobs.popleft()
+        self._in_queue -= 1
+        if self._in_queue < HIGH_WATER // 2:
+            self._room.set()
+        return due
+
+    async def _work(self, queue: DestinationQueue, snapshot, connections: asyncio.Semaphore, pace: Pace) -> None:
+        try:
+            kind = queue.destination.kind
+            if kind == "pickup":
+                await self._work_pickup(queue, snapshot)
+            elif kind in ("discard", "none"):
+                result = (Result(Event.delivered, "discarded by route") if kind == "discard"
+                          else Result(Event.permanent, "550 5.4.4 no route matches this recipient"))
+                while queue.jobs:
+                    self._record(self._take(queue), result, kind, snapshot)
+            else:
+                async with connections:
+                    await self._work_smtp(queue, snapshot, pace)
+        finally:
+            queue.workers -= 1
+
+    async def _work_pickup(self, queue: DestinationQueue, snapshot) -> None:
+        from listkeeper.manifests.routes import PickupRoute
+        route = PickupRoute(match="*", transport="pickup", folder=queue.destination.folder)
+        while queue.jobs:
+            chunk = [self._take(queue) for _ in range(min(PICKUP_CHUNK, len(queue.jobs)))]
+            results = await deliver_pickup(route, [self._job(d) for d in chunk])
+            for due, result in zip(chunk, results):
+                self._record(due, result, "pickup", snapshot)
+            await self._flush_if_full(snapshot)
+
+    async def _work_smtp(self, queue: DestinationQueue, snapshot, pace: Pace) -> None:
+        settings = snapshot.delivery
+        dest = queue.destination
+        while queue.jobs:
+            if queue.dead is not None:
+                self._record(self._take(queue), queue.dead, dest.key, snapshot)
+                continue
+            conn = await self._connect(dest, snapshot)
+            if isinstance(conn, Result):
+                queue.dead = conn  # every job still queued here shares the outcome
+                continue
+            try:
+                sent = 0
+                while queue.jobs and sent < settings.messages_per_connection and not conn.broken:
+                    due = self._take(queue)
+                    await pace.ready()
+                    self._record(due, await conn.send(self._job(due)), dest.key, snapshot)
+                    sent += 1
+                    await self._flush_if_full(snapshot)
+            finally:
+                await conn.close()
+
+    async def _connect(self, dest: Destination, snapshot) -> SmtpConnection | Result:
+        helo = snapshot.hostname()
+        if dest.kind == "mx":
+            return await connect_mx(dest.domain, self._resolver(snapshot), snapshot.delivery.mx_port,
+                                    60.0, helo)
+        result = Result(Event.temporary, "no relay configured")
+        for name in dest.relays:  # the relay, then its fallbacks in order
+            relay = snapshot.relays.get(name)
+            if relay is None:
+                result = Result(Event.temporary, f"relay {name} is not configured")
+                continue
+            if snapshot.delivery.smarthost_delay:
+                await asyncio.sleep(snapshot.delivery.smarthost_delay)
+            opened = await connect_relay(relay, helo)
+            if isinstance(opened, SmtpConnection):
+                return opened
+            result = opened
+        return result
+
+    def _resolver(self, snapshot) -> MxResolver:
+        key = snapshot.dns
+        if key not in self._resolvers:
+            self._resolvers[key] = MxResolver([(ns.address, ns.port) for ns in key.nameservers],
+                                              timeout=key.timeout, avoid_failing_for=key.avoid_failing_for)
+        return self._resolvers[key]
+
+    def _record(self, due: Due, result: Result, transport: str, snapshot) -> None:
+        now = self._clock()
+        event, retry_at = result.event, None
+        if event is Event.temporary:
+            r = snapshot.delivery.retry
+            policy = RetryPolicy(first=r.first, ceiling=r.maximum, lifetime=r.lifetime)
+            retry_at = policy.next_attempt(due.attempts + 1, due.created_at, now)
+            if retry_at is None:
+                event = Event.expired
+        state = next_state(State.sending, event)
+        log.info("delivery.%s delivery=%d message=%d rcpt=%s transport=%s detail=%s", state.value,
+                 due.delivery_id, due.message_id, due.recipient, transport, result.detail)
+        if state is State.delivered:
+            self.delivered += 1
+        if state is State.failed:
+            self._failures.append((due, Result(event, result.detail)))
+        else:
+            self._release_body(due.message_id)
+        self._outcomes.append(Outcome(due.delivery_id, state.value, transport,
+                                      None if state is State.delivered else result.detail, retry_at))
+
+    def _release_body(self, message_id: int) -> None:
+        left = self._refs.get(message_id, 1) - 1
+        if left <= 0:
+            self._refs.pop(message_id, None)
+            self._bodies.pop(message_id, None)
+        else:
+            self._refs[message_id] = left
+
+    async def _flush_if_full(self, snapshot) -> None:
+        if len(self._outcomes) >= FLUSH_EVERY or (
+                self._outcomes and self._loop.time() - self._flushed_at > FLUSH_AFTER):
+            await self._flush(snapshot)
+
+    async def _flush(self, snapshot) -> None:
+        self._flushed_at = self._loop.time()
+        outcomes, self._outcomes = self._outcomes, []
+        failures, self._failures = self._failures, []
+        if outcomes:
+            await asyncio.to_thread(self._write, outcomes)
+        if failures:
+            await self._report(failures, snapshot)
+
+    def _write(self, outcomes: list[Outcome]) -> None:
+        with self._store.engine.begin() as conn:
+            store_queue.record_outcomes(conn, outcomes, self._clock())
+
+    async def _report(self, failures: list[tuple[Due, Result]], snapshot) -> None:
+        """RFC 3464 reports to each failed message's envelope sender, and a notice to the postmaster."""
+        by_message: dict[tuple[int, str], list[tuple[Due, Result]]] = {}
+        for due, result in failures:
+            by_message.setdefault((due.message_id, due.return_path), []).append((due, result))
+        for (message_id, sender), items in by_message.items():
+            original = self._bodies.get(message_id, b"")
+            for due, _ in items:
+                self._release_body(due.message_id)
+            if self._inject is None:
+                continue
+            found = [dsn.Failure(d.recipient, r.detail, expired=r.event is Event.expired) for d, r in items]
+            host = snapshot.hostname(sender.rpartition("@")[2] or None)
+            now = self._clock()
+            try:
+                if dsn.should_report(sender, original):
+                    report = dsn.delivery_report(original=original, envelope_from=sender, failures=found,
+                                                 reporting_host=host, arrival=items[0][0].created_at, now=now)
+                    await self._inject(report, "", [sender])
+                postmaster = next((d.postmaster for d in snapshot.domains.values()), None)
+                if postmaster and sender:  # a failed report or notice gets no notice: no loops
+                    notice = dsn.postmaster_notice(original=original, envelope_from=sender, failures=found,
+                                                   reporting_host=host, postmaster=postmaster, now=now)
+                    await self._inject(notice, "", [postmaster])
+            except Exception:  # a report that cannot be made must not stop delivery
+                log.exception("delivery report for message %d failed", message_id)

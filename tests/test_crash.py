@@ -1,0 +1,101 @@
+"""SIGKILL in the middle of a fan-out to 10,000 recipients: everyone gets the post, and only what was
+in flight at the kill is sent twice."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+from .conftest import DOMAIN, write
+from .smtpsink import free_port, start_sink
+
+COUNT = 10_000
+
+
+def start_serve(root: Path, port: int) -> subprocess.Popen:
+    env = {**os.environ, "LISTKEEPER_STORE": f"sqlite:///{root}/store.db"}
+    proc = subprocess.Popen([sys.executable, "-m", "listkeeper", "serve", "conf", "--port", str(port),
+                             "--log-level", "warning"], cwd=root, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    for line in proc.stdout:
+        if "listkeeper serving" in line:
+            threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
+            return proc
+        if time.monotonic() > deadline:
+            break
+    proc.kill()
+    raise AssertionError("serve did not start")
+
+
+def wait(predicate, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.05)
+
+
+def test_sigkill_mid_fanout_resends_only_what_was_in_flight(tmp_path):
+    sink, controller = start_sink()
+    try:
+        conf = tmp_path / "conf"
+        write(conf, "domain.yaml", DOMAIN)
+        people = "".join(f"    - address: u{i}@d{i % 100}.example\n" for i in range(COUNT))
+        write(conf, "list.yaml", "apiVersion: listkeeper/v1\nkind: MailingList\nmetadata: {name: big}\nspec:\n"
+                                 "  address: big@example.org\n  type: announce\n  subscribers:\n"
+                                 "    - address: chair@example.org\n      roles: [moderator]\n" + people)
+        write(conf, "routes.yaml", f"""
+apiVersion: listkeeper/v1
+kind: Relay
+metadata: {{name: sink}}
+spec: {{host: 127.0.0.1, port: {controller.port}, tls: none}}
+---
+apiVersion: listkeeper/v1
+kind: RoutingTable
+metadata: {{name: default}}
+spec:
+  routes:
+    - match: "*"
+      transport: relay
+      relay: sink
+  delivery: {{max_connections: 8, per_destination: 8}}
+""")
+        port = free_port()
+        proc = start_serve(tmp_path, port)
+        import smtplib
+        with smtplib.SMTP("127.0.0.1", port, timeout=60) as client:
+            client.sendmail("chair@example.org", ["big@example.org"],
+                            b"From: chair@example.org\r\nSubject: Everyone\r\n\r\nHello all.\r\n")
+        wait(lambda: len(sink.received) >= 2000, 120)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        db = sqlite3.connect(tmp_path / "store.db")
+        in_flight = {r for (r,) in db.execute("select recipient from deliveries where state = 'sending'")}
+        (delivered_before,) = db.execute("select count(*) from deliveries where state = 'delivered'").fetchone()
+        db.close()
+        assert 0 < delivered_before < COUNT, "the kill must land in the middle of the fan-out"
+
+        proc = start_serve(tmp_path, port)
+        try:
+            db = sqlite3.connect(tmp_path / "store.db")
+            wait(lambda: db.execute("select count(*) from deliveries where state='delivered'").fetchone()[0]
+                 == COUNT, 300)
+            db.close()
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+        got = Counter(r for item in sink.received for r in item.rcpts)
+        assert set(got) == {f"u{i}@d{i % 100}.example" for i in range(COUNT)}
+        twice = {r for r, n in got.items() if n > 1}
+        assert max(got.values()) <= 2
+        assert twice <= in_flight, f"{len(twice - in_flight)} sent twice that were not in flight"
+    finally:
+        controller.stop()
