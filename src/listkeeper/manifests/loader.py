@@ -64,7 +64,10 @@ def find_manifest_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[M
     return files, errors
 
 
-def load_file(path: Path) -> tuple[list[Document], list[ManifestError]]:
+SHALLOW = 2  # without `precise`, positions are kept for paths this short (metadata.name, spec.address)
+
+
+def load_file(path: Path, precise: bool = True) -> tuple[list[Document], list[ManifestError]]:
     source = str(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -78,7 +81,7 @@ def load_file(path: Path) -> tuple[list[Document], list[ManifestError]]:
             if node is None:
                 continue
             positions: dict[tuple, tuple[int, int]] = {}
-            data = _plain(node, (), positions, yaml.constructor, source, errors, 0)
+            data = _plain(node, (), positions, yaml.constructor, source, errors, 0, precise)
             if data is None:
                 continue
             start = (node.start_mark.line + 1, node.start_mark.column + 1)
@@ -93,11 +96,11 @@ def load_file(path: Path) -> tuple[list[Document], list[ManifestError]]:
     return docs, errors
 
 
-def load_documents(paths: Iterable[str | Path]) -> tuple[list[Document], list[ManifestError]]:
+def load_documents(paths: Iterable[str | Path], precise: bool = True) -> tuple[list[Document], list[ManifestError]]:
     files, errors = find_manifest_files(paths)
     docs: list[Document] = []
     for path in files:
-        file_docs, file_errors = load_file(path)
+        file_docs, file_errors = load_file(path, precise)
         docs.extend(file_docs)
         errors.extend(file_errors)
     return docs, errors
@@ -114,8 +117,10 @@ def _scalar(node: ScalarNode, constructor) -> Any:
     return constructor.construct_object(node, deep=True)
 
 
-def _plain(node: Node, path: tuple, positions: dict, constructor, source: str, errors: list, depth: int) -> Any:
-    """Nodes -> plain Python values, recording the position of every key and list item."""
+def _plain(node: Node, path: tuple, positions: dict, constructor, source: str, errors: list, depth: int,
+           precise: bool = True) -> Any:
+    """Nodes -> plain Python values, recording the position of every key and list item
+    (with `precise` False, only of shallow ones: a list of 100,000 subscribers costs no position map)."""
     if depth > MAX_DEPTH:
         raise YAMLError(f"nesting deeper than {MAX_DEPTH} levels (a recursive alias?)")
     if isinstance(node, MappingNode):
@@ -130,14 +135,16 @@ def _plain(node: Node, path: tuple, positions: dict, constructor, source: str, e
                 errors.append(ManifestError(Location(source, *where), field_path(path + (key,)),
                                             f"duplicate key (first at line {first[0]})"))
                 continue
-            positions[path + (key,)] = where
-            out[key] = _plain(value_node, path + (key,), positions, constructor, source, errors, depth + 1)
+            if precise or depth < SHALLOW:
+                positions[path + (key,)] = where
+            out[key] = _plain(value_node, path + (key,), positions, constructor, source, errors, depth + 1, precise)
         return out
     if isinstance(node, SequenceNode):
         items = []
         for index, item in enumerate(node.value):
-            positions[path + (index,)] = (item.start_mark.line + 1, item.start_mark.column + 1)
-            items.append(_plain(item, path + (index,), positions, constructor, source, errors, depth + 1))
+            if precise or depth < SHALLOW:
+                positions[path + (index,)] = (item.start_mark.line + 1, item.start_mark.column + 1)
+            items.append(_plain(item, path + (index,), positions, constructor, source, errors, depth + 1, precise))
         return items
     if isinstance(node, ScalarNode):
         return _scalar(node, constructor)

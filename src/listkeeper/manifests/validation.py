@@ -50,8 +50,19 @@ class Manifests:
 
 
 def load_manifests(paths: Iterable[str | Path]) -> Manifests:
-    """Load, validate and cross-check; raises ManifestErrors listing every problem."""
-    docs, errors = load_documents(paths)
+    """Load, validate and cross-check; raises ManifestErrors listing every problem.
+
+    The first pass keeps positions of shallow keys only; errors are rare, so only then are the
+    files read again with every position, for exact path:line:column."""
+    paths = list(paths)
+    try:
+        return _load(paths, precise=False)
+    except ManifestErrors:
+        return _load(paths, precise=True)
+
+
+def _load(paths: list, precise: bool) -> Manifests:
+    docs, errors = load_documents(paths, precise)
     docs, skipped = _without_foreign_files(docs)
     resources: list[Resource] = []
     by_key: dict[tuple[str, str], Resource] = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from itertools import islice
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -12,6 +13,8 @@ from sqlalchemy.engine import Connection
 from listkeeper.manifests.addresses import verp
 
 from .tables import deliveries, messages
+
+INSERT_CHUNK = 2000
 
 
 @dataclass(frozen=True)
@@ -77,11 +80,11 @@ def spool(conn: Connection, records: Iterable[InboundRecord], now: float) -> lis
               recipients=json.dumps(list(p.recipients)), reason=p.reason, generation=generation,
               size=len(p.data), data=p.data, created_at=now) for parent, generation, p in posts],
     ).scalars().all()
-    rows = [dict(message_id=post_id, recipient=rcpt, return_path=verp(p.return_path, rcpt) if p.verp else p.return_path,
+    rows = (dict(message_id=post_id, recipient=rcpt, return_path=verp(p.return_path, rcpt) if p.verp else p.return_path,
                  state="queued", attempts=0, next_attempt_at=now, created_at=now, updated_at=now)
-            for post_id, (_, _, p) in zip(post_ids, posts) if p.state == "queued" for rcpt in p.recipients]
-    if rows:
-        conn.execute(insert(deliveries), rows)
+            for post_id, (_, _, p) in zip(post_ids, posts) if p.state == "queued" for rcpt in p.recipients)
+    while chunk := list(islice(rows, INSERT_CHUNK)):  # a big fan-out never holds every row at once
+        conn.execute(insert(deliveries), chunk)
     return list(inbound_ids)
 
 
