@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from datetime import datetime, timezone
+from pathlib import Path
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -20,7 +22,7 @@ from listkeeper.store import queue as store_queue
 from listkeeper.store import suppressions as store_suppressions
 from listkeeper.store.queue import Due, Outcome
 
-from . import dsn
+from . import backup, dsn
 from .destinations import Destination, destination_for, is_suppressed
 from .lifecycle import Event, RetryPolicy, State, next_state
 from .mx import connect_mx
@@ -78,6 +80,7 @@ class Scheduler:
         self._room = asyncio.Event()
         self._outcomes: list[Outcome] = []
         self._failures: list[tuple[Due, Result]] = []
+        self._backups: list[tuple[Due, bytes]] = []
         self._bodies: dict[int, bytes] = {}
         self._refs: dict[int, int] = {}
         self._in_queue = 0
@@ -95,7 +98,12 @@ class Scheduler:
             self._wake.clear()
             snapshot = self._current()
             settings = snapshot.delivery
-            done = await self.run_once(snapshot)
+            try:
+                done = await self.run_once(snapshot)
+            except Exception:  # never let one bad run stop delivery; leases bring the work back
+                log.exception("delivery run failed; trying again in %s s", settings.run_interval)
+                await asyncio.sleep(settings.run_interval)
+                continue
             if settings.run_limit and done >= settings.run_limit:
                 await asyncio.sleep(settings.run_interval)  # the rest waits for the next run
                 continue
@@ -145,7 +153,10 @@ class Scheduler:
                     tasks.append(asyncio.create_task(self._work(queue, snapshot, connections, pace)))
             await self._flush_if_full(snapshot)
         if tasks:
-            await asyncio.gather(*tasks)
+            for failure in await asyncio.gather(*tasks, return_exceptions=True):
+                if isinstance(failure, Exception):
+                    log.error("delivery worker failed: %r (its deliveries are retried when their lease ends)",
+                              failure, exc_info=failure)
         await self._flush(snapshot)
         return claimed_total
 
@@ -251,10 +262,12 @@ class Scheduler:
         return result
 
     def _resolver(self, snapshot) -> MxResolver:
-        key = snapshot.dns
+        """One resolver (and its cache and server statistics) per DNS configuration."""
+        settings = snapshot.dns
+        key = settings.model_dump_json()
         if key not in self._resolvers:
-            self._resolvers[key] = MxResolver([(ns.address, ns.port) for ns in key.nameservers],
-                                              timeout=key.timeout, avoid_failing_for=key.avoid_failing_for)
+            self._resolvers[key] = MxResolver([(ns.address, ns.port) for ns in settings.nameservers],
+                                              timeout=settings.timeout, avoid_failing_for=settings.avoid_failing_for)
         return self._resolvers[key]
 
     def _record(self, due: Due, result: Result, transport: str, snapshot) -> None:
@@ -271,6 +284,8 @@ class Scheduler:
                  due.delivery_id, due.message_id, due.recipient, transport, result.detail)
         if state is State.delivered:
             self.delivered += 1
+            if snapshot.delivery.backup is not None:
+                self._backups.append((due, self._bodies[due.message_id]))
         if state is State.failed:
             self._failures.append((due, Result(event, result.detail)))
         else:
@@ -295,10 +310,31 @@ class Scheduler:
         self._flushed_at = self._loop.time()
         outcomes, self._outcomes = self._outcomes, []
         failures, self._failures = self._failures, []
+        backups, self._backups = self._backups, []
+        if backups:
+            await asyncio.to_thread(self._write_backups, backups, snapshot.delivery.backup)
         if outcomes:
             await asyncio.to_thread(self._write, outcomes)
         if failures:
             await self._report(failures, snapshot)
+
+    def _write_backups(self, backups: list[tuple[Due, bytes]], settings) -> None:
+        """A copy of each sent message under the backup folder; a failure here never stops delivery."""
+        with self._store.engine.connect() as conn:
+            names = store_queue.list_names(conn, (d.message_id for d, _ in backups))
+        date = datetime.fromtimestamp(self._clock(), timezone.utc).strftime("%Y-%m-%d")
+        headers: dict[int, tuple[str, str]] = {}
+        for due, data in backups:
+            if due.message_id not in headers:
+                headers[due.message_id] = backup.headers_of(data)
+            subject, message_id = headers[due.message_id]
+            path = backup.backup_path(settings.path, list_name=names.get(due.message_id, ""),
+                                      recipient=due.recipient, subject=subject, date=date,
+                                      message_id=message_id or str(due.message_id))
+            try:
+                backup.write_backup(Path(settings.folder), path, data)
+            except (OSError, ValueError):
+                log.exception("backup of delivery %d failed", due.delivery_id)
 
     def _write(self, outcomes: list[Outcome]) -> None:
         with self._store.engine.begin() as conn:

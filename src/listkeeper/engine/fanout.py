@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from email.utils import format_datetime, getaddresses
 
@@ -100,5 +100,9 @@ def fan_out(data: bytes, mail_from: str, recipients: list[Recipient], snapshot: 
             domain = snapshot.domains[rcpt.address.rpartition("@")[2]]
             posts.append(PostRecord("", "queued", "postmaster: forwarded", data, mail_from,
                                     (domain.postmaster,)))
+    archive = snapshot.delivery.archive_copy
+    if archive:  # a copy of all outgoing mail to a local mailbox
+        posts = [replace(p, recipients=p.recipients + (archive,)) if p.state == "queued" and archive not in p.recipients
+                 else p for p in posts]
     unique = tuple(dict.fromkeys(r.address for r in recipients))
     return InboundRecord(mail_from, unique, data, snapshot.generation, tuple(posts))

@@ -72,8 +72,10 @@ class Engine:
         if isinstance(record, Refused):
             log.warning("engine mail to %s refused: %s", recipients, record.reply)
             return
+        archive = snapshot.delivery.archive_copy
         if remote:
-            notice = PostRecord("", "queued", "notice", data, mail_from, tuple(remote))
+            extra = (archive,) if archive and archive not in remote else ()
+            notice = PostRecord("", "queued", "notice", data, mail_from, tuple(remote) + extra)
             record = InboundRecord(mail_from, tuple(recipients), data, snapshot.generation, record.posts + (notice,))
         await self.spool.submit(record)
 

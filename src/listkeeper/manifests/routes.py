@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import Annotated, ClassVar, Literal, Union
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from .common import Address, Duration, Hostname, Manifest, SecretRef, Strict
 
@@ -56,10 +56,29 @@ class Retry(Strict):
     lifetime: Duration = Field(default=5 * 86400, description="Then a temporary failure is final (5d).")
 
 
+BACKUP_PLACEHOLDERS = ("list", "recipient", "subject", "date", "message_id")
+
+
 class Backup(Strict):
     folder: str = Field(min_length=1, description="Every sent message is also written under this folder.")
     path: str = Field(default="{date}/{list}/{message_id}-{recipient}.eml",
                       description="Placeholders: {list} {recipient} {subject} {date} {message_id}.")
+
+    @field_validator("path")
+    @classmethod
+    def _placeholders(cls, value: str) -> str:
+        import string
+        try:
+            names = {n for _, n, _, _ in string.Formatter().parse(value) if n is not None}
+        except ValueError as exc:
+            raise ValueError(f"not a valid path template: {exc}") from None
+        unknown = names - set(BACKUP_PLACEHOLDERS)
+        if unknown:
+            raise ValueError(f"unknown placeholder(s) {', '.join(sorted(unknown))}; "
+                             f"use {', '.join(BACKUP_PLACEHOLDERS)}")
+        if value.startswith(("/", "\\")) or ".." in value.split("/"):
+            raise ValueError("the path must stay inside the backup folder (no leading / and no ..)")
+        return value
 
 
 class Delivery(Strict):

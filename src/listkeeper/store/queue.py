@@ -132,6 +132,12 @@ _RECORD = (
 )
 
 
+def list_names(conn: Connection, message_ids: Iterable[int]) -> dict[int, str]:
+    ids = list(set(message_ids))
+    rows = conn.execute(select(messages.c.id, messages.c.list_name).where(messages.c.id.in_(ids))) if ids else []
+    return {row.id: row.list_name or "" for row in rows}
+
+
 def record_outcomes(conn: Connection, outcomes: Iterable[Outcome], now: float) -> None:
     params = [dict(b_id=o.delivery_id, b_state=o.state, b_transport=o.transport, b_error=o.error, b_now=now,
                    b_next=o.next_attempt_at) for o in outcomes]
