@@ -181,3 +181,19 @@ async def test_suppressed_recipients_are_never_sent_to(tmp_path, sink, engine_fo
     assert states(store_url) == {"ok@example.net": "delivered", "no@example.net": "suppressed",
                                  "x@mail.blocked.test": "suppressed", "later@example.net": "suppressed"}
     assert sink.rcpts() == ["ok@example.net"]
+
+
+async def test_global_connection_limit_spans_destinations(tmp_path, sink, engine_for):
+    second = ("apiVersion: listkeeper/v1\nkind: Relay\nmetadata: {name: second}\n"
+              f"spec: {{host: 127.0.0.1, port: {sink.port}, tls: none, timeout: 5}}\n---\n")
+    folder = config(tmp_path, sink.port, [f"u{i}@a.example.net" for i in range(12)]
+                    + [f"u{i}@b.example.com" for i in range(12)], relays=second,
+                    delivery="    max_connections: 2\n    per_destination: 3\n    messages_per_connection: 2")
+    routes = (folder / "routes.yaml").read_text().replace(
+        '    - match: "*"\n', '    - match: "*.example.com"\n      transport: relay\n      relay: second\n'
+                             '    - match: "*"\n')
+    (folder / "routes.yaml").write_text(routes)
+    engine = await engine_for(folder)
+    await post(engine)
+    await wait_for(lambda: len(sink.received) == 24)
+    assert sink.peak <= 2  # two destinations of three connections each, but two in all
