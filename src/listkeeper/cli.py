@@ -318,3 +318,50 @@ def suppress_list(store_url) -> None:
         click.echo(f"{address}\t{reason}")
     if not rows:
         click.echo("No runtime suppressions.")
+
+
+@main.command()
+@click.argument("list_name")
+@store_option
+@click.option("--preview", is_flag=True, help="Run the list's query now instead of showing the last selection.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(0), help="Addresses to print.")
+def members(list_name, store_url, preview, limit) -> None:
+    """Who a list reaches: the selection of its last post, or (--preview) its query run now."""
+    import datetime
+    from listkeeper.engine.fanout import receivers
+    from listkeeper.engine.snapshot import load_snapshot
+    from listkeeper.store import queue as store_queue
+    from listkeeper.store.directory import DirectoryError
+    store = _open_store(store_url)
+    try:
+        if not preview:
+            with store.engine.connect() as conn:
+                found = store_queue.last_selection(conn, list_name, limit)
+            if found is None:
+                click.echo(f"No post has been distributed to {list_name} yet; try --preview.")
+                return
+            post_id, at, total, addresses = found
+            when = datetime.datetime.fromtimestamp(at, datetime.timezone.utc).isoformat(timespec="seconds")
+            click.echo(f"{total} member(s) selected for post {post_id} at {when}:")
+        else:
+            snapshot = load_snapshot(store)
+            lst = next((item for item in snapshot.lists.values() if item.name == list_name), None)
+            if lst is None:
+                raise click.ClickException(f"no list {list_name!r} in the applied configuration")
+            chosen = receivers(lst, snapshot, store.now())
+            try:
+                everyone = chosen() if callable(chosen) else iter(chosen)
+                addresses, total = [], 0
+                for address in everyone:
+                    total += 1
+                    if len(addresses) < limit:
+                        addresses.append(address)
+            except (DirectoryError, Exception) as exc:  # noqa: BLE001 - the directory is the operator's
+                raise click.ClickException(f"cannot run the query of {list_name}: {exc}") from None
+            click.echo(f"{total} member(s) selected now:")
+    finally:
+        store.close()
+    for address in sorted(addresses):
+        click.echo(f"  {address}")
+    if total > len(addresses):
+        click.echo(f"  … and {total - len(addresses)} more")

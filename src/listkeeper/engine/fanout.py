@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
 from dataclasses import dataclass, replace
@@ -9,6 +10,7 @@ from datetime import datetime, timezone
 from email.utils import format_datetime, getaddresses
 
 from listkeeper.manifests.lists import ListType, Role
+from listkeeper.store import directory as member_directory
 from listkeeper.store.queue import InboundRecord, PostRecord
 
 from .headers import RawMessage
@@ -26,13 +28,18 @@ class Refused:
     rule: str
 
 
-def submission_of(message: RawMessage, mail_from: str, size: int) -> Submission:
+def senders_of(message: RawMessage, mail_from: str) -> frozenset[str]:
     senders = {mail_from.lower()} if mail_from else set()
     for _, addr in getaddresses(message.get_all("from") + message.get_all("sender")):
         if addr:
             senders.add(addr.lower())
-    return Submission(frozenset(senders), size, tuple(message.get_all("list-id")),
-                      tuple(v.lower() for v in message.get_all("x-loop")))
+    return frozenset(senders)
+
+
+def submission_of(message: RawMessage, mail_from: str, size: int,
+                  selected: frozenset[str] = frozenset()) -> Submission:
+    return Submission(senders_of(message, mail_from), size, tuple(message.get_all("list-id")),
+                      tuple(v.lower() for v in message.get_all("x-loop")), selected)
 
 
 def list_copy(message: RawMessage, lst: ListConfig, hostname: str, now: float) -> bytes:
@@ -62,6 +69,12 @@ def list_copy(message: RawMessage, lst: ListConfig, hostname: str, now: float) -
     return out.to_bytes()
 
 
+def _with(recipients, extra: str):
+    if callable(recipients):
+        return lambda: itertools.chain(recipients(), (extra,))
+    return recipients if extra in recipients else recipients + (extra,)
+
+
 def regular_members(lst: ListConfig) -> tuple[str, ...]:
     """Who gets each post now; digest members are served by the digest runner (not yet built)."""
     return tuple(s.address for s in lst.spec.subscribers if Role.regular in s.roles)
@@ -71,12 +84,25 @@ def moderators(lst: ListConfig) -> tuple[str, ...]:
     return tuple(s.address for s in lst.spec.subscribers if Role.moderator in s.roles)
 
 
+def receivers(lst: ListConfig, snapshot: Snapshot, now: float):
+    """A static list's regular members, or, for a dynamic list, a stream of its query's selection
+    taken when the spool writes the post (never a Python list of every member)."""
+    if lst.spec.members is None:
+        return regular_members(lst)
+    directory = snapshot.directories[lst.spec.members.directory]
+    query = tuple(lst.spec.members.query)
+    moment = datetime.fromtimestamp(now, timezone.utc)
+    return lambda: member_directory.stream(directory, query, moment)
+
+
 def fan_out(data: bytes, mail_from: str, recipients: list[Recipient], snapshot: Snapshot,
-            now: float | None = None) -> InboundRecord | Refused:
-    """Decide every recipient's fate; refuse the whole message if any list refuses it."""
+            now: float | None = None, selected: frozenset[str] = frozenset()) -> InboundRecord | Refused:
+    """Decide every recipient's fate; refuse the whole message if any list refuses it.
+
+    `selected` names the dynamic lists whose query selects a sender (looked up by the caller)."""
     now = time.time() if now is None else now
     message = RawMessage.parse(data)
-    submission = submission_of(message, mail_from, len(data))
+    submission = submission_of(message, mail_from, len(data), selected)
     posts: list[PostRecord] = []
     for rcpt in recipients:
         lst = rcpt.list
@@ -88,7 +114,7 @@ def fan_out(data: bytes, mail_from: str, recipients: list[Recipient], snapshot: 
             copy = list_copy(message, lst, snapshot.hostname(lst.domain), now)
             posts.append(PostRecord(lst.name, state, f"{verdict.rule}: {verdict.reason}", copy,
                                     lst.address_for("bounces"),
-                                    regular_members(lst) if state == "queued" else (), verp=True))
+                                    receivers(lst, snapshot, now) if state == "queued" else (), verp=True))
         elif rcpt.target is Target.owner:
             posts.append(PostRecord(lst.name, "queued", "owner: forwarded to the moderators", data,
                                     lst.address_for("bounces"), moderators(lst)))
@@ -102,7 +128,6 @@ def fan_out(data: bytes, mail_from: str, recipients: list[Recipient], snapshot: 
                                     (domain.postmaster,)))
     archive = snapshot.delivery.archive_copy
     if archive:  # a copy of all outgoing mail to a local mailbox
-        posts = [replace(p, recipients=p.recipients + (archive,)) if p.state == "queued" and archive not in p.recipients
-                 else p for p in posts]
+        posts = [replace(p, recipients=_with(p.recipients, archive)) if p.state == "queued" else p for p in posts]
     unique = tuple(dict.fromkeys(r.address for r in recipients))
     return InboundRecord(mail_from, unique, data, snapshot.generation, tuple(posts))

@@ -34,7 +34,7 @@ class Submission:
     size: int
     list_ids: tuple[str, ...]
     x_loops: tuple[str, ...]
-
+    selected: frozenset[str] = frozenset()  # dynamic lists whose query selects a sender
 
 Rule = Callable[[Submission, ListConfig], "Verdict | None"]
 
@@ -48,6 +48,8 @@ def _roles(sub: Submission, lst: ListConfig) -> set[Role]:
     for s in lst.spec.subscribers:
         if s.address in sub.senders:
             roles.update(s.roles)
+    if lst.name in sub.selected:  # a selected member of a dynamic list, by any of its addresses
+        roles.add(Role.regular)
     return roles
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from .fanout import Refused, fan_out
+from .membership import selected_lists
 from .recipients import Refusal, accept_recipient
 from .snapshot import Snapshot
 from .spool import Spool
@@ -46,8 +48,10 @@ class ListHandler:
         data = envelope.original_content or envelope.content
         if isinstance(data, str):
             data = data.encode("utf-8", "surrogateescape")
-        outcome = fan_out(data, envelope.mail_from or "", envelope.listkeeper_recipients, snapshot,
-                          self._clock())
+        recipients = envelope.listkeeper_recipients
+        selected = await asyncio.to_thread(selected_lists, data, envelope.mail_from or "", recipients, snapshot,
+                                           self._clock())
+        outcome = fan_out(data, envelope.mail_from or "", recipients, snapshot, self._clock(), selected)
         if isinstance(outcome, Refused):
             log.info("smtp.refused from=%s rule=%s reply=%r", envelope.mail_from, outcome.rule, outcome.reply)
             return outcome.reply

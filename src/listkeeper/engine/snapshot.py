@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from listkeeper.manifests.common import API_VERSION
+from listkeeper.manifests.directory import MemberDirectorySpec
 from listkeeper.manifests.domains import DomainSpec
 from listkeeper.manifests.kinds import KINDS
 from listkeeper.manifests.lists import MailingListSpec
@@ -43,6 +44,7 @@ class Snapshot:
     dns: Dns = Dns()
     suppressed_addresses: frozenset[str] = frozenset()
     suppressed_domains: tuple[str, ...] = ()
+    directories: Mapping[str, MemberDirectorySpec] = field(default_factory=lambda: MappingProxyType({}))
 
     def hostname(self, domain: str | None = None) -> str:
         if domain in self.domains:
@@ -64,6 +66,7 @@ def load_snapshot(store: Store) -> Snapshot:
     delivery, dns_settings = Delivery(), Dns()
     addresses: set[str] = set()
     patterns: list[str] = []
+    directories: dict[str, MemberDirectorySpec] = {}
     for (kind, name), item in sorted(applied.items()):
         spec = _spec(kind, name, item.spec)
         if kind == "Domain":
@@ -74,8 +77,11 @@ def load_snapshot(store: Store) -> Snapshot:
             relays[name] = spec
         elif kind == "RoutingTable":
             routes, delivery, dns_settings = tuple(spec.routes), spec.delivery, spec.dns
+        elif kind == "MemberDirectory":
+            directories[name] = spec
         elif kind == "SuppressionList":
             addresses.update(spec.addresses)
             patterns.extend(spec.domains)
     return Snapshot(generation, MappingProxyType(domains), MappingProxyType(lists), routes,
-                    MappingProxyType(relays), delivery, dns_settings, frozenset(addresses), tuple(patterns))
+                    MappingProxyType(relays), delivery, dns_settings, frozenset(addresses), tuple(patterns),
+                    MappingProxyType(directories))

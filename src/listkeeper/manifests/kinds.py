@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from .common import Manifest
+from .directory import MemberDirectory
 from .domains import Domain
 from .lists import MailingList
 from .routes import Relay, RoutingTable
 from .suppression import SuppressionList
 
 KINDS: dict[str, type[Manifest]] = {
-    cls.KIND: cls for cls in (Domain, MailingList, RoutingTable, Relay, SuppressionList)
+    cls.KIND: cls for cls in (Domain, MailingList, MemberDirectory, RoutingTable, Relay, SuppressionList)
 }

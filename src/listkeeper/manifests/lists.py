@@ -8,6 +8,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from .common import Address, Manifest, Strict
+from .directory import Members, criterion_problems
 
 
 class ListType(str, Enum):
@@ -42,6 +43,8 @@ class MailingListSpec(Strict):
         default=10 * 1024 * 1024, ge=1024, le=100 * 1024 * 1024, description="Bytes."
     )
     subscribers: list[Subscriber] = Field(default_factory=list)
+    members: Members | None = Field(
+        default=None, description="A dynamic list: regular members are the query's selection at post time.")
 
 
 class MailingList(Manifest):
@@ -70,7 +73,24 @@ class MailingList(Manifest):
             found.append((("spec", "type"), f"an {spec.type.value} list needs at least one subscriber with role moderator"
                           if spec.type is ListType.announce else
                           "a moderated list needs at least one subscriber with role moderator"))
+        if spec.members is not None:
+            found.extend(_membership_problems(spec, index))
         domain = spec.address.rpartition("@")[2]
         if domain not in index.served_domains:
             found.append((("spec", "address"), f"domain {domain} is not served by any Domain resource"))
         return found
+
+
+def _membership_problems(spec: MailingListSpec, index) -> list[tuple[tuple, str]]:
+    found: list[tuple[tuple, str]] = []
+    for i, sub in enumerate(spec.subscribers):
+        if Role.regular in sub.roles:
+            found.append((("spec", "subscribers", i, "roles"), "a dynamic list's regular members come from its "
+                          "query (spec.members); use digest, moderator, poster, allow or deny here"))
+    directory = index.directories.get(spec.members.directory)
+    if directory is None:
+        return found + [(("spec", "members", "directory"), f"no MemberDirectory named {spec.members.directory!r}")]
+    for i, criterion in enumerate(spec.members.query):
+        for key, message in criterion_problems(criterion, directory):
+            found.append((("spec", "members", "query", i, key), message))
+    return found

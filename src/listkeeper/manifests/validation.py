@@ -38,6 +38,7 @@ class Index:
 
     served_domains: frozenset[str]
     relays: frozenset[str]
+    directories: dict = None  # name -> MemberDirectorySpec
 
 
 @dataclass(frozen=True)
@@ -169,6 +170,7 @@ def _cross_check(resources: list[Resource], docs: dict) -> list[ManifestError]:
     index = Index(
         served_domains=frozenset(r.manifest.spec.domain for r in resources if r.kind == "Domain"),
         relays=frozenset(r.name for r in resources if r.kind == "Relay"),
+        directories={r.name: r.manifest.spec for r in resources if r.kind == "MemberDirectory"},
     )
     errors: list[ManifestError] = []
     tables = [r for r in resources if r.kind == "RoutingTable"]

@@ -11,8 +11,10 @@ from dataclasses import dataclass
 from sqlalchemy.engine import Connection
 
 from listkeeper.manifests import Manifests
+from listkeeper.manifests.directory import MemberDirectorySpec, Members
 from listkeeper.store import Store
 from listkeeper.store import config as applied_config
+from listkeeper.store import directory as member_directory
 from listkeeper.store import queue as store_queue
 
 from .apply import ApplyError, apply, check_references
@@ -60,13 +62,41 @@ def _expired(deleted, now: float, retention_days: float) -> tuple[Impact, ...]:
                  if d.deleted_at is not None and d.deleted_at < now - retention_days * DAY)
 
 
+def _dynamic(spec, directories):
+    if not spec or not spec.get("members"):
+        return None
+    members = Members.model_validate(spec["members"])
+    directory = directories.get(members.directory)
+    if directory is None:
+        return None
+    return MemberDirectorySpec.model_validate(directory), tuple(members.query)
+
+
+def selection_changes(result: Plan, desired, applied) -> dict:
+    """Dynamic lists whose query or directory changes: who the change selects, counted in the directory."""
+    before_dirs = {name: a.spec for (kind, name), a in applied.items() if kind == "MemberDirectory"}
+    after_dirs = {name: d.spec for (kind, name), d in desired.items() if kind == "MemberDirectory"}
+    out = {}
+    for change in result.changes:
+        if change.kind != "MailingList":
+            continue
+        old, new = _dynamic(change.before, before_dirs), _dynamic(change.after, after_dirs)
+        if (old is None and new is None) or old == new:
+            continue
+        try:
+            out[change.name] = member_directory.change(old, new)
+        except Exception as exc:  # noqa: BLE001 - an unreadable directory is reported, not fatal
+            out[change.name] = f"{type(exc).__name__}: {exc}"
+    return out
+
+
 def review_in(conn: Connection, desired, prune: bool, now: float, retention_days: float) -> Review:
     base = applied_config.generation(conn)
     applied = applied_config.applied_resources(conn)
     deleted = applied_config.deleted_resources(conn)
     result = plan(desired, applied, deleted, prune, base)
-    found = impacts(result, runtime_facts(conn), _routes_after(desired)) + _expired(deleted, now, retention_days)
-    return Review(result, found)
+    found = impacts(result, runtime_facts(conn), _routes_after(desired), selection_changes(result, desired, applied))
+    return Review(result, found + _expired(deleted, now, retention_days))
 
 
 def review(manifests: Manifests, store: Store, prune: bool = False, retention_days: float = 30) -> Review:
@@ -76,12 +106,14 @@ def review(manifests: Manifests, store: Store, prune: bool = False, retention_da
 
 def review_against(manifests: Manifests, applied: Mapping, revision: str, store: Store | None,
                    prune: bool = False) -> Review:
-    result = plan(desired_state(manifests), applied, {}, prune, None)
+    desired = desired_state(manifests)
+    result = plan(desired, applied, {}, prune, None)
+    selections = selection_changes(result, desired, applied)
     if store is None:
-        return Review(result, impacts(result, None), NO_STORE_NOTE, revision)
+        return Review(result, impacts(result, None, None, selections), NO_STORE_NOTE, revision)
     with store.engine.connect() as conn:
         facts = runtime_facts(conn)
-    return Review(result, impacts(result, facts, _routes_after(desired_state(manifests))), None, revision)
+    return Review(result, impacts(result, facts, _routes_after(desired), selections), None, revision)
 
 
 def reconcile(manifests: Manifests, store: Store, prune: bool = False, lock_timeout: float = 30,

@@ -53,9 +53,13 @@ def _deliveries(n: int) -> str:
     return _plural(n, "queued delivery", "queued deliveries")
 
 
-def impacts(plan: Plan, facts: RuntimeFacts | None, routes_after: Mapping[str, Any] | None = None) -> tuple[Impact, ...]:
+def impacts(plan: Plan, facts: RuntimeFacts | None, routes_after: Mapping[str, Any] | None = None,
+            selections: Mapping[str, Any] | None = None) -> tuple[Impact, ...]:
+    """`selections`: list name -> SelectionChange of a dynamic list whose query or directory changes."""
     out: list[Impact] = []
     for change in plan.changes:
+        if change.kind == "MailingList" and selections and change.name in selections:
+            out.append(_selection_impact(change, selections[change.name]))
         if change.action is Action.noop and not change.held_back:
             continue
         if change.kind == "MailingList":
@@ -81,7 +85,10 @@ def _list_impact(change: ResourceChange, facts: RuntimeFacts | None) -> list[Imp
         verb = "would delete (kept: " + change.held_back + ")" if change.held_back else \
             "deletes (restorable: soft delete for the retention period)"
         return [Impact(change.kind, change.name, f"{verb}: {', '.join(parts)}", counts)]
-    before, after = _members(change.before), _members(change.after)
+    if (change.after or change.before or {}).get("members"):
+        before, after = [], []  # a dynamic list: its selection is shown by _selection_impact
+    else:
+        before, after = _members(change.before), _members(change.after)
     joins = [a for a in after if a not in set(before)]
     leaves = [a for a in before if a not in set(after)]
     out = []
@@ -126,3 +133,14 @@ def _relay_impact(change: ResourceChange, facts: RuntimeFacts, routes_after) -> 
     what = "are routed through this relay" if change.action is Action.update else "were routed through it"
     return [Impact(change.kind, change.name, f"{_deliveries(via)} {what}",
                    {"queued_deliveries": via})]
+
+
+def _selection_impact(change: ResourceChange, found) -> Impact:
+    if isinstance(found, str):  # the directory could not be read
+        return Impact(change.kind, change.name, f"selected members unknown: {found}")
+    return Impact(change.kind, change.name,
+                  f"selected members {found.before} → {found.after} "
+                  f"(+{len(found.joins)}{'+' if len(found.joins) == EXAMPLES else ''} join, "
+                  f"-{len(found.leaves)}{'+' if len(found.leaves) == EXAMPLES else ''} leave)",
+                  {"selected_before": found.before, "selected_after": found.after},
+                  {"joins": found.joins, "leaves": found.leaves})

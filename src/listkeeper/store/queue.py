@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from itertools import islice
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import Float, bindparam, delete, func, insert, select, update
@@ -26,8 +26,11 @@ class PostRecord:
     reason: str
     data: bytes
     return_path: str
-    recipients: tuple[str, ...]
+    recipients: tuple[str, ...] | Callable[[], Iterable[str]]  # a callable streams a dynamic list's selection
     verp: bool = False  # each recipient's return path names it (bounce attribution)
+
+    def each_recipient(self) -> Iterable[str]:
+        return self.recipients() if callable(self.recipients) else self.recipients
 
 
 @dataclass(frozen=True)
@@ -77,12 +80,12 @@ def spool(conn: Connection, records: Iterable[InboundRecord], now: float) -> lis
     post_ids = conn.execute(
         insert(messages).returning(messages.c.id, sort_by_parameter_order=True),
         [dict(kind="post", state=p.state, parent_id=parent, list_name=p.list_name, mail_from=p.return_path,
-              recipients=json.dumps(list(p.recipients)), reason=p.reason, generation=generation,
+              recipients="[]" if callable(p.recipients) else json.dumps(list(p.recipients)), reason=p.reason, generation=generation,
               size=len(p.data), data=p.data, created_at=now) for parent, generation, p in posts],
     ).scalars().all()
     rows = (dict(message_id=post_id, recipient=rcpt, return_path=verp(p.return_path, rcpt) if p.verp else p.return_path,
                  state="queued", attempts=0, next_attempt_at=now, created_at=now, updated_at=now)
-            for post_id, (_, _, p) in zip(post_ids, posts) if p.state == "queued" for rcpt in p.recipients)
+            for post_id, (_, _, p) in zip(post_ids, posts) if p.state == "queued" for rcpt in p.each_recipient())
     while chunk := list(islice(rows, INSERT_CHUNK)):  # a big fan-out never holds every row at once
         conn.execute(insert(deliveries), chunk)
     return list(inbound_ids)
@@ -211,3 +214,17 @@ def drop(conn: Connection, delivery_id: int) -> bool:
     """Remove one delivery from the queue (an operator's decision; never done by the engine)."""
     return conn.execute(delete(deliveries).where(deliveries.c.id == delivery_id,
                                                   deliveries.c.state != "sending")).rowcount > 0
+
+
+def last_selection(conn: Connection, list_name: str, limit: int) -> tuple[int, float, int, list[str]] | None:
+    """The recipients of the list's latest distributed post: who was selected the last time."""
+    post = conn.execute(select(messages.c.id, messages.c.created_at)
+                        .where(messages.c.kind == "post", messages.c.list_name == list_name,
+                               messages.c.state == "queued")
+                        .order_by(messages.c.id.desc()).limit(1)).first()
+    if post is None:
+        return None
+    total = conn.execute(select(func.count()).where(deliveries.c.message_id == post.id)).scalar_one()
+    addresses = conn.execute(select(deliveries.c.recipient).where(deliveries.c.message_id == post.id)
+                             .order_by(deliveries.c.recipient).limit(limit)).scalars().all()
+    return post.id, post.created_at, total, list(addresses)
