@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -36,6 +37,15 @@ def _open_store(url: str | None):
         return Store.open(url)
     except StoreError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+@contextmanager
+def _store(url: str | None):
+    store = _open_store(url)
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 @click.group()
@@ -194,12 +204,9 @@ def queue(ctx, store_url) -> None:
     if ctx.invoked_subcommand is not None:
         return
     from listkeeper.store import queue as store_queue
-    store = _open_store(store_url)
-    try:
+    with _store(store_url) as store:
         with store.engine.connect() as conn:
             rows = store_queue.counts_by_state_and_transport(conn)
-    finally:
-        store.close()
     if not rows:
         click.echo("The queue is empty.")
         return
@@ -215,12 +222,9 @@ def queue_show(store_url, delivery_id) -> None:
     """One delivery: recipient, state, attempts, next attempt, last error."""
     import datetime
     from listkeeper.store import queue as store_queue
-    store = _open_store(store_url)
-    try:
+    with _store(store_url) as store:
         with store.engine.connect() as conn:
             row = store_queue.delivery(conn, delivery_id)
-    finally:
-        store.close()
     if row is None:
         raise click.ClickException(f"no delivery {delivery_id}")
 
@@ -243,12 +247,9 @@ def queue_show(store_url, delivery_id) -> None:
 def queue_retry(store_url, which, post_id) -> None:
     """Set deliveries back to unsent, due now."""
     from listkeeper.store import queue as store_queue
-    store = _open_store(store_url)
-    try:
+    with _store(store_url) as store:
         with store.engine.begin() as conn:
             count = store_queue.retry(conn, store.now(), failed_only=which == "failed", post_id=post_id)
-    finally:
-        store.close()
     click.echo(f"{count} deliver{'y' if count == 1 else 'ies'} queued again.")
 
 
@@ -258,12 +259,9 @@ def queue_retry(store_url, which, post_id) -> None:
 def queue_drop(store_url, delivery_id) -> None:
     """Remove one delivery from the queue."""
     from listkeeper.store import queue as store_queue
-    store = _open_store(store_url)
-    try:
+    with _store(store_url) as store:
         with store.engine.begin() as conn:
             dropped = store_queue.drop(conn, delivery_id)
-    finally:
-        store.close()
     if not dropped:
         raise click.ClickException(f"no delivery {delivery_id} that can be dropped (it may be sending)")
     click.echo(f"Delivery {delivery_id} dropped.")
@@ -280,14 +278,11 @@ def suppress() -> None:
 @store_option
 def suppress_add(addresses, reason, store_url) -> None:
     from listkeeper.store import suppressions
-    store = _open_store(store_url)
-    try:
+    with _store(store_url) as store:
         with store.engine.begin() as conn:
             for address in addresses:
                 added = suppressions.add(conn, address, reason, store.now())
                 click.echo(f"{address}: {'suppressed' if added else 'already suppressed'}")
-    finally:
-        store.close()
 
 
 @suppress.command("remove")
@@ -295,25 +290,19 @@ def suppress_add(addresses, reason, store_url) -> None:
 @store_option
 def suppress_remove(addresses, store_url) -> None:
     from listkeeper.store import suppressions
-    store = _open_store(store_url)
-    try:
+    with _store(store_url) as store:
         with store.engine.begin() as conn:
             for address in addresses:
                 click.echo(f"{address}: {'removed' if suppressions.remove(conn, address) else 'not suppressed'}")
-    finally:
-        store.close()
 
 
 @suppress.command("list")
 @store_option
 def suppress_list(store_url) -> None:
     from listkeeper.store import suppressions
-    store = _open_store(store_url)
-    try:
+    with _store(store_url) as store:
         with store.engine.connect() as conn:
             rows = suppressions.listing(conn)
-    finally:
-        store.close()
     for address, reason, _ in rows:
         click.echo(f"{address}\t{reason}")
     if not rows:
@@ -332,8 +321,7 @@ def members(list_name, store_url, preview, limit) -> None:
     from listkeeper.engine.snapshot import load_snapshot
     from listkeeper.store import queue as store_queue
     from listkeeper.store.directory import DirectoryError
-    store = _open_store(store_url)
-    try:
+    with _store(store_url) as store:
         if not preview:
             with store.engine.connect() as conn:
                 found = store_queue.last_selection(conn, list_name, limit)
@@ -359,8 +347,6 @@ def members(list_name, store_url, preview, limit) -> None:
             except (DirectoryError, Exception) as exc:  # noqa: BLE001 - the directory is the operator's
                 raise click.ClickException(f"cannot run the query of {list_name}: {exc}") from None
             click.echo(f"{total} member(s) selected now:")
-    finally:
-        store.close()
     for address in sorted(addresses):
         click.echo(f"  {address}")
     if total > len(addresses):
