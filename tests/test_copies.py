@@ -57,3 +57,21 @@ async def test_archive_copy_and_backup_of_every_sent_message(tmp_path, engine_fo
                          Path("members/b@example.com-Hi_there.eml")]
     finally:
         controller.stop()
+
+
+async def test_odd_headers_never_cost_a_delivery_its_outcome(tmp_path, engine_for, store_url):
+    import sqlite3
+    from .test_serve import send
+    sink, controller = start_sink()
+    try:
+        delivery = f"    backup: {{folder: {tmp_path / 'backup'}}}"
+        engine = await engine_for(config(tmp_path, controller.port, ["a@example.net"], delivery=delivery))
+        await send(engine.port, "poster@example.org", ["members@example.org"],
+                   b"From: poster@example.org\r\nMessage-ID: <>\r\nSubject: =?utf-8?q?=E2=80?=\r\n\r\nx\r\n")
+        await wait_for(lambda: sink.received)
+        db = sqlite3.connect(store_url.removeprefix("sqlite:///"))
+        await wait_for(lambda: db.execute("select state from deliveries where recipient='a@example.net'")
+                       .fetchone() == ("delivered",))
+        db.close()
+    finally:
+        controller.stop()

@@ -57,3 +57,8 @@ def test_loop_is_discarded_before_anything_else():
 def test_too_big_is_rejected_with_552():
     verdict = decide(sub("reg@example.org", size=5000), lst("discussion", max_message_size=4096))
     assert verdict.decision is Decision.reject and verdict.reply.startswith("552 5.3.4 ")
+
+
+def test_another_lists_id_is_not_a_loop():
+    for other in ["<otherl.example.org>", "<l.example.org.evil>", "Other <xl.example.org>"]:
+        assert decide(sub("reg@example.org", list_ids=[other]), lst("discussion")).rule == "member"

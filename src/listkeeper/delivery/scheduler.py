@@ -114,6 +114,10 @@ class Scheduler:
             except asyncio.TimeoutError:
                 pass
 
+    def _release_expired(self) -> None:
+        with self._store.engine.begin() as conn:
+            store_queue.release_expired(conn, self._clock())
+
     def _release_all(self) -> None:
         # a single node owns every lease; what was 'sending' when it stopped is due again
         with self._store.engine.begin() as conn:
@@ -121,6 +125,7 @@ class Scheduler:
 
     async def run_once(self, snapshot) -> int:
         settings = snapshot.delivery
+        await asyncio.to_thread(self._release_expired)
         limit = settings.run_limit or float("inf")
         runtime_suppressed = await asyncio.to_thread(self._suppressed)
         suppressed = snapshot.suppressed_addresses | runtime_suppressed
@@ -155,8 +160,11 @@ class Scheduler:
         if tasks:
             for failure in await asyncio.gather(*tasks, return_exceptions=True):
                 if isinstance(failure, Exception):
-                    log.error("delivery worker failed: %r (its deliveries are retried when their lease ends)",
-                              failure, exc_info=failure)
+                    log.error("delivery worker failed: %r", failure, exc_info=failure)
+        for queue in queues.values():  # what a failed worker left behind is deferred, not forgotten
+            while queue.jobs:
+                self._record(self._take(queue), Result(Event.temporary, "delivery worker failed; will retry"),
+                             queue.destination.key, snapshot)
         await self._flush(snapshot)
         return claimed_total
 
@@ -168,11 +176,11 @@ class Scheduler:
         known = frozenset(self._bodies)
         due, bodies = await asyncio.to_thread(self._claim_in_store, limit, known)
         self._bodies.update(bodies)  # bookkeeping stays on the loop's thread
+        for d in due:  # counted before any other wait, so no worker can release these bodies
+            self._refs[d.message_id] = self._refs.get(d.message_id, 0) + 1
         gone = {d.message_id for d in due} - set(self._bodies)  # released while we were claiming
         if gone:
             self._bodies.update(await asyncio.to_thread(self._fetch, gone))
-        for d in due:
-            self._refs[d.message_id] = self._refs.get(d.message_id, 0) + 1
         return due
 
     def _fetch(self, message_ids: set[int]) -> dict[int, bytes]:
@@ -236,7 +244,12 @@ class Scheduler:
                 while queue.jobs and sent < settings.messages_per_connection and not conn.broken:
                     due = self._take(queue)
                     await pace.ready()
-                    self._record(due, await conn.send(self._job(due)), dest.key, snapshot)
+                    try:
+                        result = await conn.send(self._job(due))
+                    except Exception as exc:  # noqa: BLE001 - recorded, never lost
+                        conn.broken = True
+                        result = Result(Event.temporary, f"{dest.key}: {type(exc).__name__}: {exc}")
+                    self._record(due, result, dest.key, snapshot)
                     sent += 1
                     await self._flush_if_full(snapshot)
             finally:
@@ -311,10 +324,15 @@ class Scheduler:
         outcomes, self._outcomes = self._outcomes, []
         failures, self._failures = self._failures, []
         backups, self._backups = self._backups, []
+        if outcomes:
+            try:
+                await asyncio.to_thread(self._write, outcomes)
+            except Exception:
+                self._outcomes = outcomes + self._outcomes  # written with the next flush
+                self._failures = failures + self._failures
+                raise
         if backups:
             await asyncio.to_thread(self._write_backups, backups, snapshot.delivery.backup)
-        if outcomes:
-            await asyncio.to_thread(self._write, outcomes)
         if failures:
             await self._report(failures, snapshot)
 
@@ -325,15 +343,15 @@ class Scheduler:
         date = datetime.fromtimestamp(self._clock(), timezone.utc).strftime("%Y-%m-%d")
         headers: dict[int, tuple[str, str]] = {}
         for due, data in backups:
-            if due.message_id not in headers:
-                headers[due.message_id] = backup.headers_of(data)
-            subject, message_id = headers[due.message_id]
-            path = backup.backup_path(settings.path, list_name=names.get(due.message_id, ""),
-                                      recipient=due.recipient, subject=subject, date=date,
-                                      message_id=message_id or str(due.message_id))
-            try:
+            try:  # a poster's odd headers must never cost a delivery its outcome
+                if due.message_id not in headers:
+                    headers[due.message_id] = backup.headers_of(data)
+                subject, message_id = headers[due.message_id]
+                path = backup.backup_path(settings.path, list_name=names.get(due.message_id, ""),
+                                          recipient=due.recipient, subject=subject, date=date,
+                                          message_id=message_id or str(due.message_id))
                 backup.write_backup(Path(settings.folder), path, data)
-            except (OSError, ValueError):
+            except Exception:  # noqa: BLE001
                 log.exception("backup of delivery %d failed", due.delivery_id)
 
     def _write(self, outcomes: list[Outcome]) -> None:

@@ -55,7 +55,8 @@ def _roles(sub: Submission, lst: ListConfig) -> set[Role]:
 
 def loop(sub: Submission, lst: ListConfig) -> Verdict | None:
     ours = list_id(lst)
-    if lst.spec.address in sub.x_loops or any(ours in v for v in sub.list_ids):
+    carried = {v.rpartition("<")[2].partition(">")[0].strip().lower() for v in sub.list_ids}
+    if lst.spec.address in sub.x_loops or ours in carried:
         return Verdict(Decision.discard, "loop", f"already distributed by {lst.spec.address}")
     return None
 
