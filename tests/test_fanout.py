@@ -31,6 +31,7 @@ MESSAGE = (b"From: Alice <alice@example.org>\r\nTo: members@example.org\r\nSubje
     ("members-owner@example.org", Target.owner),
     ("members-bounces@example.org", Target.bounces),
     ("postmaster@example.org", Target.postmaster),
+    ("members-request@example.org", Target.request),
 ])
 def test_accepted_recipients(address, expected):
     result = accept_recipient(address, SNAPSHOT)
@@ -40,7 +41,8 @@ def test_accepted_recipients(address, expected):
 @pytest.mark.parametrize("address,reply", [
     ("someone@gmail.com", "550 5.7.1 Relaying denied: we do not serve this domain"),
     ("nobody@example.org", "550 5.1.1 No such list or user here"),
-    ("members-request@example.org", "550 5.1.1 No such list or user here"),
+    ("members-nothing@example.org", "550 5.1.1 No such list or user here"),
+    ("members-owner+x@example.org", "550 5.1.1 No such list or user here"),
     ("no-at-sign", "501 5.1.3 Bad recipient address syntax"),
 ])
 def test_refused_recipients(address, reply):
@@ -96,3 +98,25 @@ def test_owner_and_postmaster_are_forwarded():
     record = fan_out(MESSAGE, "x@example.net", rcpts, SNAPSHOT, 0.0)
     assert [p.recipients for p in record.posts] == [("mod@example.org",), ("pm@example.org",)]
     assert all(p.data == MESSAGE for p in record.posts)
+
+
+def test_request_gets_a_reply_that_says_why_nothing_changed():
+    rcpt = accept_recipient("members-request@example.org", SNAPSHOT)
+    asking = b"From: x@example.net\r\nSubject: unsubscribe\r\nMessage-ID: <q@x>\r\n\r\n"
+    record = fan_out(asking, "x@example.net", [rcpt], SNAPSHOT, 0.0)
+    kept, answer = record.posts
+    assert kept.state == "request" and answer.recipients == ("x@example.net",)
+    reply = RawMessage.parse(answer.data)
+    assert reply.get("subject") == "Re: unsubscribe" and reply.get("in-reply-to") == "<q@x>"
+    assert reply.get("auto-submitted") == "auto-replied"
+    assert b"write to the list's owners at\r\nmembers-owner@example.org" in answer.data
+
+
+@pytest.mark.parametrize("headers,mail_from", [
+    (b"Auto-Submitted: auto-replied\r\n", "x@example.net"), (b"Precedence: bulk\r\n", "x@example.net"),
+    (b"", ""), (b"", "MAILER-DAEMON@example.net"), (b"List-Id: <other.example.net>\r\n", "x@example.net"),
+])
+def test_no_reply_to_automatic_mail(headers, mail_from):
+    rcpt = accept_recipient("members-request@example.org", SNAPSHOT)
+    record = fan_out(b"From: x@example.net\r\n" + headers + b"\r\nhelp\r\n", mail_from, [rcpt], SNAPSHOT, 0.0)
+    assert [p.state for p in record.posts] == ["request"]

@@ -225,6 +225,11 @@ async def test_post_is_fanned_out_to_the_selection_at_post_time(tmp_path, dynami
         await send(engine.port, "bo@acme.example", ["board@example.org"],
                    b"From: bo@acme.example\r\nSubject: me\r\n\r\nx\r\n")
     assert info.value.code == 550
+    # asking to subscribe by mail gets a reply that explains why nothing changed
+    await send(engine.port, "bo@acme.example", ["board-request@example.org"],
+               b"From: bo@acme.example\r\nSubject: subscribe\r\n\r\nsubscribe\r\n")
+    answer = await wait_for(lambda: list((tmp_path / "outbox").glob("*bo@acme.example.eml")))
+    assert b"chosen by the organisation's member\r\ndirectory" in answer[0].read_bytes()
 
 
 def test_members_preview_and_plan_impact(tmp_path, dynamic_conf):

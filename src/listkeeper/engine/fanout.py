@@ -16,6 +16,7 @@ from listkeeper.store.queue import InboundRecord, PostRecord
 from .headers import RawMessage
 from .policy import Decision, Submission, decide, list_id
 from .recipients import Recipient, Target
+from .replies import may_answer, request_reply
 from .snapshot import ListConfig, Snapshot
 
 LIST_HEADERS = ("list-id", "list-post", "list-unsubscribe", "list-help", "list-owner",
@@ -122,6 +123,12 @@ def fan_out(data: bytes, mail_from: str, recipients: list[Recipient], snapshot: 
             whom = f" for {rcpt.subscriber}" if rcpt.subscriber else ""
             posts.append(PostRecord(lst.name, "bounce", f"bounce{whom}: kept for bounce processing", data,
                                     "", ()))
+        elif rcpt.target is Target.request:
+            posts.append(PostRecord(lst.name, "request", "request: kept until mail commands exist", data, "", ()))
+            if may_answer(message, mail_from):
+                reply = request_reply(lst, message, mail_from, snapshot.hostname(lst.domain), now)
+                posts.append(PostRecord(lst.name, "queued", "request: answered", reply,
+                                        lst.address_for("bounces"), (mail_from,)))
         elif rcpt.target is Target.postmaster:
             domain = snapshot.domains[rcpt.address.rpartition("@")[2]]
             posts.append(PostRecord("", "queued", "postmaster: forwarded", data, mail_from,

@@ -14,6 +14,7 @@ class Target(str, Enum):
     post = "post"  # the list's posting address
     owner = "owner"  # LIST-owner: reaches the moderators
     bounces = "bounces"  # LIST-bounces: kept for bounce processing
+    request = "request"  # LIST-request: commands; answered
     postmaster = "postmaster"
 
 
@@ -49,7 +50,7 @@ def accept_recipient(address: str, snapshot: Snapshot) -> Recipient | Refusal:
         return Recipient(address, Target.post, found)
     local, plus, token = local.partition("+")
     base, dash, suffix = local.rpartition("-")
-    if dash and suffix in ("owner", "bounces") and (not plus or suffix == "bounces"):
+    if dash and suffix in ("owner", "bounces", "request") and (not plus or suffix == "bounces"):
         found = snapshot.lists.get(f"{base}@{domain}")
         if found is not None:
             return Recipient(address, Target(suffix), found, unverp(token) if plus else None)
