@@ -292,3 +292,14 @@ async def test_connect_mx_with_no_host_listening_is_temporary(zone):
                               helo_name="lists.example.org")
     assert isinstance(result, Result) and result.event is Event.temporary
     assert f"mx2.example.test:{port}" in result.detail  # the last one tried
+
+
+async def test_at_most_five_addresses_are_tried():
+    from listkeeper.delivery.mx import MAX_ADDRESSES, mx_targets
+    records = {"many.test": [("MX", 10 + i, f"mx{i}.many.test") for i in range(8)]}
+    records.update({f"mx{i}.many.test": [("A", f"127.0.1.{i + 1}")] for i in range(8)})
+    with ZoneServer(records) as zone:
+        resolver = MxResolver([("127.0.0.1", zone.port)], timeout=2)
+        targets = await mx_targets("many.test", resolver)
+    assert MAX_ADDRESSES == 5
+    assert [host for host, _ in targets] == [f"mx{i}.many.test" for i in range(5)]

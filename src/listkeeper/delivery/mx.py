@@ -8,9 +8,11 @@ from .lifecycle import Event
 from .resolver import MxResolver
 from .transports import Result, SmtpConnection
 
+MAX_ADDRESSES = 5  # as Postfix's smtp_mx_address_limit: a dead domain costs at most five timeouts
+
 
 async def mx_targets(domain: str, resolver: MxResolver) -> list[tuple[str, str]] | Result:
-    """(host, address) pairs to try in order; an address shared by two hosts is tried once."""
+    """(host, address) pairs to try in order, at most MAX_ADDRESSES; an address shared by two hosts is tried once."""
     hosts = await resolver.mx_hosts(domain)
     if isinstance(hosts, Result):
         return hosts
@@ -20,7 +22,7 @@ async def mx_targets(domain: str, resolver: MxResolver) -> list[tuple[str, str]]
             targets.setdefault(address, host)
     if not targets:
         return Result(Event.temporary, f"no address found for the MX hosts of {domain}: {', '.join(hosts)}")
-    return [(host, address) for address, host in targets.items()]
+    return [(host, address) for address, host in targets.items()][:MAX_ADDRESSES]
 
 
 async def connect_mx(domain: str, resolver: MxResolver, port: int, timeout: float,
