@@ -318,3 +318,20 @@ def test_a_failing_write_applies_nothing_and_names_the_resource(tmp_path, conf):
         ("members",), ("second",)]
     assert '"[m]"' in conn.execute("select spec from resources where name='members'").fetchone()[0]
     conn.close()
+
+
+def test_rename_onto_a_deleted_lists_name_is_refused(tmp_path, conf):
+    write(conf, "second.yaml", LIST.replace("members", "second"))
+    run(tmp_path, "reconcile", "conf")
+    spool_runtime_data(tmp_path, "second")
+    (conf / "second.yaml").unlink()
+    run(tmp_path, "reconcile", "conf", "--prune")  # second is soft-deleted, its posts kept
+    write(conf, "members.yaml", LIST.replace("metadata: {name: members}",
+                                             "metadata: {name: second, renamedFrom: members}"))
+    result = run(tmp_path, "reconcile", "conf", "--prune")
+    assert result.returncode == 1
+    assert "a deleted MailingList named 'second' still holds runtime data" in result.stderr
+    conn = db(tmp_path)
+    assert conn.execute("select name, deleted_at is null from resources where kind='MailingList' order by name"
+                        ).fetchall() == [("members", 1), ("second", 0)]
+    conn.close()

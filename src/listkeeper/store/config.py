@@ -133,8 +133,10 @@ def _upsert(conn: Connection, item: ResourceWrite, new_generation: int, now: flo
 
 def rename(conn: Connection, kind: str, old: str, new: str) -> None:
     """Rename a resource, and for a list its runtime data, so nothing is deleted and re-created."""
-    conn.execute(delete(resources).where(resources.c.kind == kind, resources.c.name == new,
-                                         resources.c.deleted_at.is_not(None)))
+    if conn.execute(select(resources.c.name).where(resources.c.kind == kind, resources.c.name == new,
+                                                   resources.c.deleted_at.is_not(None))).first():
+        raise ValueError(f"a deleted {kind} named {new!r} still holds runtime data (restorable until its "
+                         f"retention period ends); rename to another name, or purge it first")
     conn.execute(update(resources).where(resources.c.kind == kind, resources.c.name == old).values(name=new))
     if kind == "MailingList":
         conn.execute(update(messages).where(messages.c.list_name == old).values(list_name=new))
