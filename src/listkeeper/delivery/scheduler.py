@@ -17,6 +17,7 @@ from pathlib import Path
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from listkeeper.manifests.routes import PickupRoute
 from listkeeper.store import Store
 from listkeeper.store import queue as store_queue
 from listkeeper.store import suppressions as store_suppressions
@@ -215,11 +216,16 @@ class Scheduler:
             else:
                 async with connections:
                     await self._work_smtp(queue, snapshot, pace)
+        except Exception:
+            if queue.workers == 1:  # the last worker here: defer the rest now, so claiming never waits on it
+                while queue.jobs:
+                    self._record(self._take(queue), Result(Event.temporary, "delivery worker failed; will retry"),
+                                 queue.destination.key, snapshot)
+            raise
         finally:
             queue.workers -= 1
 
     async def _work_pickup(self, queue: DestinationQueue, snapshot) -> None:
-        from listkeeper.manifests.routes import PickupRoute
         route = PickupRoute(match="*", transport="pickup", folder=queue.destination.folder)
         while queue.jobs:
             chunk = [self._take(queue) for _ in range(min(PICKUP_CHUNK, len(queue.jobs)))]
