@@ -156,7 +156,9 @@ def reconcile(paths, store_url, dry_run, prune, detailed_exitcode, output, revis
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--uvloop", "use_uvloop", is_flag=True, help="Run on uvloop (pip install 'listkeeper[fast]').")
-def serve(paths, store_url, host, port, prune, log_level, use_uvloop) -> None:
+@click.option("--tick-interval", default=300.0, show_default=True, type=click.FloatRange(min=0.05),
+              help="Seconds between evaluations of list events.")
+def serve(paths, store_url, host, port, prune, log_level, use_uvloop, tick_interval) -> None:
     """Reconcile, then accept SMTP and deliver."""
     from listkeeper.engine.server import ServeOptions, serve_forever
     from listkeeper.reconcile import reconcile as reconcile_store
@@ -179,7 +181,7 @@ def serve(paths, store_url, host, port, prune, log_level, use_uvloop) -> None:
         click.echo(f"listkeeper serving {len(snap.lists)} list(s) for {', '.join(sorted(snap.domains))} "
                    f"on smtp://{host}:{engine.port} (generation {snap.generation}); Ctrl-C stops", err=True)
 
-    options = ServeOptions(host=host, port=port)
+    options = ServeOptions(host=host, port=port, tick_interval=tick_interval)
     run = asyncio.run
     if use_uvloop:
         try:
@@ -351,3 +353,75 @@ def members(list_name, store_url, preview, limit) -> None:
         click.echo(f"  {address}")
     if total > len(addresses):
         click.echo(f"  … and {total - len(addresses)} more")
+
+
+def _moment(value: str | None) -> float:
+    import datetime
+    if not value:
+        import time
+        return time.time()
+    try:
+        moment = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO date or time, e.g. 2026-11-23T09:00") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return moment.timestamp()
+
+
+@main.command()
+@store_option
+@click.option("--at", "at", metavar="TIME", help="Evaluate as of this moment (ISO, UTC unless given).")
+def tick(store_url, at) -> None:
+    """Run one evaluation of every list's events (what serve does every tick)."""
+    from listkeeper.engine.events import tick as run_tick
+    from listkeeper.engine.snapshot import load_snapshot
+    with _store(store_url) as store:
+        fired = run_tick(store, load_snapshot(store), _moment(at))
+    for item in fired:
+        click.echo(f"{item.list_name}/{item.event}: fired for {len(item.addresses)}")
+    if not fired:
+        click.echo("Nothing was due.")
+
+
+@main.group()
+def events() -> None:
+    """List events: counters and firing by hand."""
+
+
+@events.command("show")
+@click.argument("list_name")
+@click.option("--member", "member", help="Only this subscriber.")
+@store_option
+def events_show(list_name, member, store_url) -> None:
+    from listkeeper.store import events as store_events
+    with _store(store_url) as store:
+        with store.engine.connect() as conn:
+            members = [member.lower()] if member else store_events.list_subscribers(conn, list_name)
+            counts = store_events.counters(conn, list_name, members)
+    names = sorted({e for c in counts.values() for e in c})
+    click.echo(f"{'subscriber':<40}" + "".join(f"{n:>10}" for n in names))
+    for address in members:
+        click.echo(f"{address:<40}" + "".join(f"{counts.get(address, {}).get(n, 0):>10}" for n in names))
+
+
+@events.command("fire")
+@click.argument("list_name")
+@click.argument("event_name")
+@click.option("--member", "members", multiple=True, help="Fire for this subscriber (repeatable).")
+@click.option("--all", "everyone", is_flag=True, help="Fire for every subscriber.")
+@click.option("--at", "at", metavar="TIME", help="Record the fire at this moment.")
+@store_option
+def events_fire(list_name, event_name, members, everyone, at, store_url) -> None:
+    """Fire an event by hand, whatever its dependencies say."""
+    from listkeeper.engine.events import fire_by_hand
+    from listkeeper.engine.snapshot import load_snapshot
+    if bool(members) == everyone:
+        raise click.UsageError("give --member ADDRESS or --all")
+    with _store(store_url) as store:
+        try:
+            fired = fire_by_hand(store, load_snapshot(store), list_name, event_name,
+                                 None if everyone else list(members), _moment(at))
+        except LookupError as exc:
+            raise click.ClickException(str(exc)) from None
+    click.echo(f"{fired.list_name}/{fired.event}: fired for {len(fired.addresses)}")

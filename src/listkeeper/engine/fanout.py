@@ -115,7 +115,9 @@ def fan_out(data: bytes, mail_from: str, recipients: list[Recipient], snapshot: 
             copy = list_copy(message, lst, snapshot.hostname(lst.domain), now)
             posts.append(PostRecord(lst.name, state, f"{verdict.rule}: {verdict.reason}", copy,
                                     lst.address_for("bounces"),
-                                    receivers(lst, snapshot, now) if state == "queued" else (), verp=True))
+                                    receivers(lst, snapshot, now) if state == "queued" else (), verp=True,
+                                    poster=next((s.address for s in lst.spec.subscribers
+                                                 if s.address in submission.senders), None)))
         elif rcpt.target is Target.owner:
             posts.append(PostRecord(lst.name, "queued", "owner: forwarded to the moderators", data,
                                     lst.address_for("bounces"), moderators(lst)))

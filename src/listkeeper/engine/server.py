@@ -14,6 +14,7 @@ from listkeeper.delivery.scheduler import Scheduler
 from listkeeper.store import Store
 from listkeeper.store.queue import InboundRecord, PostRecord
 
+from .events import tick as run_tick
 from .fanout import Refused, fan_out
 from .recipients import Recipient, accept_recipient
 from .smtp import ListHandler
@@ -28,6 +29,7 @@ class ServeOptions:
     host: str = "127.0.0.1"
     port: int = 2525
     data_size_limit: int = 64 * 1024 * 1024
+    tick_interval: float = 300.0  # list events are evaluated this often
 
 
 @dataclass
@@ -58,6 +60,21 @@ class Engine:
 
         self.server = await loop.create_server(protocol, host=self.options.host, port=self.options.port)
         self.tasks.append(asyncio.create_task(self.scheduler.run(), name="delivery-scheduler"))
+        self.tasks.append(asyncio.create_task(self._ticks(), name="event-ticks"))
+
+    async def _ticks(self) -> None:
+        """List events fire within one tick of their dependencies being met."""
+        while True:
+            await asyncio.sleep(self.options.tick_interval)
+            try:
+                fired = await asyncio.to_thread(run_tick, self.store, self.snapshot, self.store.now())
+            except Exception:  # a failed tick is tried again at the next one
+                log.exception("event tick failed")
+                continue
+            for item in fired:
+                log.info("event.fired list=%s event=%s count=%d", item.list_name, item.event, len(item.addresses))
+            if fired:
+                self.scheduler.wake()
 
     async def inject(self, data: bytes, mail_from: str, recipients: list[str]) -> None:
         """Mail the engine writes itself (delivery reports, notices): local addresses take the

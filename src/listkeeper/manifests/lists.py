@@ -9,6 +9,7 @@ from pydantic import Field
 
 from .common import Address, Manifest, Strict
 from .directory import Members, criterion_problems
+from .events import EventSpec, event_problems
 
 
 class ListType(str, Enum):
@@ -43,6 +44,7 @@ class MailingListSpec(Strict):
         default=10 * 1024 * 1024, ge=1024, le=100 * 1024 * 1024, description="Bytes."
     )
     subscribers: list[Subscriber] = Field(default_factory=list)
+    events: list[EventSpec] = Field(default_factory=list, description="User-defined list events.")
     members: Members | None = Field(
         default=None, description="A dynamic list: regular members are the query's selection at post time.")
 
@@ -75,6 +77,7 @@ class MailingList(Manifest):
                           "a moderated list needs at least one subscriber with role moderator"))
         if spec.members is not None:
             found.extend(_membership_problems(spec, index))
+        found.extend(event_problems(spec.events))
         domain = spec.address.rpartition("@")[2]
         if domain not in index.served_domains:
             found.append((("spec", "address"), f"domain {domain} is not served by any Domain resource"))

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from sqlalchemy.engine import Connection
 
 from listkeeper.store import config as applied_config
+from listkeeper.store import events
 from listkeeper.store.config import AppliedResource
 
 from .desired import spec_hash
@@ -52,6 +53,14 @@ def apply(plan: Plan, conn: Connection, now: float,
     if not upserts and not deletes:
         return None
     try:
-        return applied_config.write_resources(conn, upserts, deletes, now)
+        generation = applied_config.write_resources(conn, upserts, deletes, now)
+        for item in upserts:
+            if item.kind == "MailingList" and not item.spec.get("members"):
+                events.sync_subscribers(conn, item.name, receiving(item.spec), now)
+        return generation
     except applied_config.ResourceWriteFailed as exc:  # the transaction rolls back
         raise ApplyError(f"applying failed at {exc}; nothing was changed") from exc
+
+
+def receiving(spec) -> list[str]:
+    return [s["address"] for s in spec.get("subscribers", []) if {"regular", "digest"} & set(s.get("roles", []))]

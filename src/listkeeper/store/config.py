@@ -10,7 +10,7 @@ from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import OperationalError
 
-from .tables import deliveries, messages, meta, resources
+from .tables import deliveries, event_counters, event_fires, messages, meta, resources, subscribers
 
 
 class LockTimeout(Exception):
@@ -139,7 +139,8 @@ def rename(conn: Connection, kind: str, old: str, new: str) -> None:
                          f"retention period ends); rename to another name, or purge it first")
     conn.execute(update(resources).where(resources.c.kind == kind, resources.c.name == old).values(name=new))
     if kind == "MailingList":
-        conn.execute(update(messages).where(messages.c.list_name == old).values(list_name=new))
+        for table in (messages, subscribers, event_counters, event_fires):
+            conn.execute(update(table).where(table.c.list_name == old).values(list_name=new))
 
 
 def purge_deleted(conn: Connection, before: float) -> list[str]:

@@ -12,6 +12,7 @@ from sqlalchemy.engine import Connection
 
 from listkeeper.manifests.addresses import verp
 
+from . import events
 from .tables import deliveries, messages
 
 INSERT_CHUNK = 2000
@@ -28,6 +29,7 @@ class PostRecord:
     return_path: str
     recipients: tuple[str, ...] | Callable[[], Iterable[str]]  # a callable streams a dynamic list's selection
     verp: bool = False  # each recipient's return path names it (bounce attribution)
+    poster: str | None = None  # a subscriber whose accepted post fires the list's 'post' event
 
     def each_recipient(self) -> Iterable[str]:
         return self.recipients() if callable(self.recipients) else self.recipients
@@ -90,6 +92,9 @@ def spool(conn: Connection, records: Iterable[InboundRecord], now: float) -> lis
                  f"next_attempt_at, created_at, updated_at) VALUES ({', '.join([mark] * 8)})")
     while chunk := list(islice(rows, INSERT_CHUNK)):  # a big fan-out never holds every row at once
         conn.exec_driver_sql(statement, chunk)  # plain tuples: the hot path of a large fan-out
+    for _, _, p in posts:
+        if p.poster and p.state == "queued" and events.is_subscriber(conn, p.list_name, p.poster):
+            events.record_fires(conn, p.list_name, "post", [p.poster], now)
     return list(inbound_ids)
 
 

@@ -75,3 +75,33 @@ suppressions = Table(
     Column("reason", Text, nullable=False),
     Column("added_at", Float, nullable=False),
 )
+
+# a list's subscribers as rows, so events are evaluated with set-based SQL
+subscribers = Table(
+    "subscribers", metadata,
+    Column("list_name", String(253), primary_key=True),
+    Column("address", String(254), primary_key=True),
+    Column("source", String(16), nullable=False),  # manifest (later: mail, directory)
+    Column("joined_at", Float, nullable=False),
+)
+
+# how often each event fired for each subscriber, and when last
+event_counters = Table(
+    "event_counters", metadata,
+    Column("list_name", String(253), primary_key=True),
+    Column("address", String(254), primary_key=True),
+    Column("event", String(63), primary_key=True),
+    Column("count", Integer, nullable=False),
+    Column("last_at", Float, nullable=False),
+)
+
+# every fire, with its time
+event_fires = Table(
+    "event_fires", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("list_name", String(253), nullable=False),
+    Column("address", String(254), nullable=False),
+    Column("event", String(63), nullable=False),
+    Column("at", Float, nullable=False),
+)
+Index("ix_event_fires_list", event_fires.c.list_name, event_fires.c.event)

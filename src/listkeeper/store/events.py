@@ -1,0 +1,108 @@
+"""Subscribers and event counters: who is eligible for an event is one set-based SQL statement."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from sqlalchemy import and_, delete, func, insert, literal, or_, select, true, update
+from sqlalchemy.engine import Connection
+
+from listkeeper.manifests.events import Dependency, EventSpec
+
+from .tables import event_counters, event_fires, subscribers
+
+
+def sync_subscribers(conn: Connection, list_name: str, addresses: Iterable[str], now: float) -> list[str]:
+    """Make the manifest's subscribers the list's 'manifest' rows; returns who joined (and fires join)."""
+    wanted = set(addresses)
+    have = set(conn.execute(select(subscribers.c.address).where(
+        subscribers.c.list_name == list_name, subscribers.c.source == "manifest")).scalars())
+    joined = sorted(wanted - have)
+    gone = have - wanted
+    if gone:
+        conn.execute(delete(subscribers).where(subscribers.c.list_name == list_name,
+                                               subscribers.c.address.in_(gone)))
+    if joined:
+        conn.execute(insert(subscribers), [dict(list_name=list_name, address=a, source="manifest", joined_at=now)
+                                           for a in joined])
+        record_fires(conn, list_name, "join", joined, now)
+    return joined
+
+
+def is_subscriber(conn: Connection, list_name: str, address: str) -> bool:
+    return conn.execute(select(subscribers.c.address).where(
+        subscribers.c.list_name == list_name, subscribers.c.address == address)).first() is not None
+
+
+def record_fires(conn: Connection, list_name: str, event: str, addresses: Sequence[str], now: float) -> None:
+    """Count one fire of `event` for each address, and log it with its time."""
+    if not addresses:
+        return
+    existing = set(conn.execute(select(event_counters.c.address).where(
+        event_counters.c.list_name == list_name, event_counters.c.event == event,
+        event_counters.c.address.in_(addresses))).scalars())
+    if existing:
+        conn.execute(update(event_counters).where(
+            event_counters.c.list_name == list_name, event_counters.c.event == event,
+            event_counters.c.address.in_(existing)).values(count=event_counters.c.count + 1, last_at=now))
+    fresh = [a for a in addresses if a not in existing]
+    if fresh:
+        conn.execute(insert(event_counters), [dict(list_name=list_name, address=a, event=event, count=1, last_at=now)
+                                              for a in fresh])
+    conn.execute(insert(event_fires), [dict(list_name=list_name, address=a, event=event, at=now) for a in addresses])
+
+
+def _count(list_name: str, event: str):
+    return func.coalesce(select(event_counters.c.count).where(
+        event_counters.c.list_name == list_name, event_counters.c.address == subscribers.c.address,
+        event_counters.c.event == event).scalar_subquery(), 0)
+
+
+def _holds(list_name: str, dep: Dependency):
+    count = _count(list_name, dep.event)
+    if dep.never:
+        return count == 0
+    if dep.exactly is not None:
+        return count == dep.exactly
+    parts = []
+    if dep.at_least is not None:
+        parts.append(count >= dep.at_least)
+    if dep.at_most is not None:
+        parts.append(count <= dep.at_most)
+    return and_(*parts)
+
+
+def eligible(list_name: str, event: EventSpec, now: float):
+    """The subscribers for whom `event` fires now: dependencies hold, and it is due."""
+    deps = [_holds(list_name, d) for d in event.depends]
+    holds = true() if not deps else (and_(*deps) if event.match == "all" else or_(*deps))
+    if event.repeat:
+        last = select(event_counters.c.last_at).where(
+            event_counters.c.list_name == list_name, event_counters.c.address == subscribers.c.address,
+            event_counters.c.event == event.name).scalar_subquery()
+        due = or_(last.is_(None), last <= literal(now - event.repeat))
+    else:
+        due = _count(list_name, event.name) == 0  # no repeat: once per subscriber
+    return (select(subscribers.c.address).where(subscribers.c.list_name == list_name, holds, due)
+            .order_by(subscribers.c.address))
+
+
+def counters(conn: Connection, list_name: str, addresses: Sequence[str] | None = None) -> dict[str, dict[str, int]]:
+    query = select(event_counters.c.address, event_counters.c.event, event_counters.c.count).where(
+        event_counters.c.list_name == list_name)
+    if addresses is not None:
+        query = query.where(event_counters.c.address.in_(addresses))
+    out: dict[str, dict[str, int]] = {}
+    for address, event, count in conn.execute(query):
+        out.setdefault(address, {})[event] = count
+    return out
+
+
+def list_subscribers(conn: Connection, list_name: str) -> list[str]:
+    return list(conn.execute(select(subscribers.c.address).where(subscribers.c.list_name == list_name)
+                             .order_by(subscribers.c.address)).scalars())
+
+
+def fires(conn: Connection, list_name: str, event: str) -> list[tuple[str, float]]:
+    return [tuple(r) for r in conn.execute(select(event_fires.c.address, event_fires.c.at).where(
+        event_fires.c.list_name == list_name, event_fires.c.event == event).order_by(event_fires.c.at))]

@@ -1,0 +1,128 @@
+"""List events: the seed's example over simulated days, validation, firing by hand."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from email import message_from_bytes
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from listkeeper.engine.events import tick
+from listkeeper.engine.snapshot import load_snapshot
+from listkeeper.manifests import ManifestErrors, load_manifests
+from listkeeper.store import events as store_events
+from listkeeper.store.tables import messages
+
+from .conftest import REPO, pickup_routes, wait_for, write
+from .test_serve import send
+
+DAY = 86400.0
+
+
+@pytest.fixture
+def conf(tmp_path: Path) -> Path:
+    folder = tmp_path / "conf"
+    write(folder, "events.yaml", (REPO / "examples" / "events.yaml").read_text())
+    write(folder, "routes.yaml", pickup_routes(tmp_path / "outbox"))
+    return folder
+
+
+async def test_reminder_on_the_fifth_day_only_for_who_never_posted(tmp_path, conf, engine_for):
+    engine = await engine_for(conf)
+    store = engine.store
+    start = store.now()
+    with store.engine.connect() as conn:  # reconcile made them subscribers: join fired once each
+        assert store_events.counters(conn, "newcomers") == {"alice@example.org": {"join": 1},
+                                                            "bob@example.net": {"join": 1}}
+    for day in range(1, 8):
+        if day == 2:  # bob posts on day 2, through SMTP like anyone
+            await send(engine.port, "bob@example.net", ["newcomers@newcomers.example"],
+                       b"From: bob@example.net\r\nSubject: Hi\r\n\r\nHello.\r\n")
+
+            def posted():
+                with store.engine.connect() as conn:
+                    return store_events.counters(conn, "newcomers", ["bob@example.net"])["bob@example.net"].get("post")
+
+            await wait_for(posted)
+        tick(store, load_snapshot(store), start + day * DAY)
+    with store.engine.connect() as conn:
+        reminders = store_events.fires(conn, "newcomers", "reminder")
+        counts = store_events.counters(conn, "newcomers")
+        mails = conn.execute(select(messages.c.data).where(messages.c.reason == "event reminder")).scalars().all()
+    assert reminders == [("alice@example.org", start + 5 * DAY)]
+    assert counts["alice@example.org"]["daily"] == 7 and counts["bob@example.net"]["daily"] == 7
+    assert "reminder" not in counts["bob@example.net"]
+    (mail,) = mails
+    parsed = message_from_bytes(mail)
+    assert parsed["To"] == "alice@example.org"
+    assert parsed["Subject"] == "How to post to newcomers@newcomers.example"
+    assert "joined newcomers 5 days ago" in parsed.get_payload()
+
+
+def test_cli_tick_and_events(tmp_path, conf):
+    env = {**os.environ, "LISTKEEPER_STORE": f"sqlite:///{tmp_path}/lk.db"}
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "listkeeper", *args], capture_output=True, text=True, env=env)
+
+    assert run("reconcile", str(conf)).returncode == 0
+    assert run("tick", "--at", "2030-01-01T00:00").stdout.strip() == "newcomers/daily: fired for 2"
+    assert run("tick", "--at", "2030-01-01T12:00").stdout.strip() == "Nothing was due."
+    fired = run("events", "fire", "newcomers", "reminder", "--member", "bob@example.net")
+    assert fired.stdout.strip() == "newcomers/reminder: fired for 1"
+    shown = run("events", "show", "newcomers").stdout.splitlines()
+    assert shown[0].split() == ["subscriber", "daily", "join", "reminder"]
+    assert shown[1].split() == ["alice@example.org", "1", "1", "0"]
+    assert shown[2].split() == ["bob@example.net", "1", "1", "1"]
+    refused = run("events", "fire", "newcomers", "reminder", "--member", "eve@example.org")
+    assert refused.returncode == 1 and "not subscribed to newcomers: eve@example.org" in refused.stderr
+
+
+LIST = """
+apiVersion: listkeeper/v1
+kind: Domain
+metadata: {name: d}
+spec: {domain: example.org, hostname: lists.example.org, postmaster: postmaster@example.org}
+---
+apiVersion: listkeeper/v1
+kind: MailingList
+metadata: {name: l}
+spec:
+  address: l@example.org
+  type: discussion
+  events:
+"""
+
+
+@pytest.mark.parametrize("events,expected", [
+    ("    - {name: a, depends: [{event: ghost, at_least: 1}]}\n", "spec.events[0].depends[0].event: no event named 'ghost'"),
+    ("    - {name: a, depends: [{event: b, at_least: 1}]}\n    - {name: b, depends: [{event: a, never: true}]}\n",
+     "spec.events[0].depends: dependencies form a cycle: a -> b -> a"),
+    ("    - {name: a, depends: [{event: join, at_least: 5, at_most: 3}]}\n",
+     "spec.events[0].depends[0]: at_least 5 and at_most 3 can never both hold"),
+    ("    - {name: a, template: {subject: hi}}\n", "spec.events[0].template.body: required field is missing"),
+    ("    - {name: a, template: {subject: hi, body: '{{ oops'}}\n", "spec.events[0].template: the template does not compile"),
+    ("    - {name: post}\n", "spec.events[0].name: post is a built-in event"),
+])
+def test_event_errors(tmp_path, events, expected):
+    write(tmp_path / "conf", "l.yaml", LIST + events)
+    with pytest.raises(ManifestErrors) as info:
+        load_manifests([tmp_path / "conf"])
+    assert any(expected in str(e) and "l.yaml:1" in str(e) for e in info.value.errors), \
+        [str(e) for e in info.value.errors]
+
+
+async def test_serve_ticks_and_mails_the_template(tmp_path, conf, engine_for):
+    write(conf, "events.yaml", (REPO / "examples" / "events.yaml").read_text().replace(
+        "depends:\n        - {event: daily, at_least: 5, at_most: 5}\n        - {event: post, never: true}",
+        "depends:\n        - {event: join, at_least: 1}"))
+    await engine_for(conf, tick_interval=0.2)
+    mails = await wait_for(lambda: sorted((tmp_path / "outbox").glob("*.eml")) or None)
+    await wait_for(lambda: len(list((tmp_path / "outbox").glob("*.eml"))) == 2)
+    assert {message_from_bytes(p.read_bytes())["Subject"] for p in (tmp_path / "outbox").glob("*.eml")} == {
+        "How to post to newcomers@newcomers.example"}
+    assert mails
