@@ -126,3 +126,39 @@ async def test_serve_ticks_and_mails_the_template(tmp_path, conf, engine_for):
     assert {message_from_bytes(p.read_bytes())["Subject"] for p in (tmp_path / "outbox").glob("*.eml")} == {
         "How to post to newcomers@newcomers.example"}
     assert mails
+
+
+async def test_firing_by_mail_with_a_reply_to_every_command(tmp_path, conf, engine_for):
+    write(conf, "events.yaml", (REPO / "examples" / "events.yaml").read_text().replace(
+        "    - address: bob@example.net\n",
+        "    - address: bob@example.net\n    - address: chair@example.org\n      roles: [moderator]\n"))
+    engine = await engine_for(conf)
+
+    async def command(sender: str, to: str, body: str) -> None:
+        await send(engine.port, sender, [to], f"From: {sender}\r\nSubject: cmd\r\n\r\n{body}\r\n".encode())
+
+    await command("alice@example.org", "newcomers-request@newcomers.example", "event reminder")
+    await command("alice@example.org", "newcomers-request@newcomers.example", "event reminder bob@example.net")
+    await command("chair@example.org", "mailserver@newcomers.example", "event reminder bob@example.net")
+    await command("eve@example.com", "mailserver@newcomers.example", "event reminder")
+    await command("alice@example.org", "newcomers-request@newcomers.example", "event nosuch")
+
+    def replies():
+        found = {}
+        for path in (tmp_path / "outbox").glob("*.eml"):
+            msg = message_from_bytes(path.read_bytes())
+            if msg["Subject"] == "Re: cmd":
+                found.setdefault(msg["Delivered-To"], []).append(" ".join(msg.get_payload().split()))
+        return found if sum(len(v) for v in found.values()) == 5 else None
+
+    got = await wait_for(replies)
+    assert sorted(got["alice@example.org"]) == sorted([
+        "Event reminder fired for alice@example.org on newcomers@newcomers.example.",
+        "Only a moderator of newcomers@newcomers.example may fire an event for someone else; nothing happened.",
+        "newcomers@newcomers.example has no event named 'nosuch'; nothing happened."])
+    assert got["chair@example.org"] == ["Event reminder fired for bob@example.net on newcomers@newcomers.example."]
+    assert got["eve@example.com"] == ["eve@example.com is not subscribed to newcomers@newcomers.example; "
+                                      "nothing happened."]
+    with engine.store.engine.connect() as conn:
+        assert [a for a, _ in store_events.fires(conn, "newcomers", "reminder")] == ["alice@example.org",
+                                                                                      "bob@example.net"]

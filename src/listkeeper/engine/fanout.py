@@ -16,7 +16,10 @@ from listkeeper.store.queue import InboundRecord, PostRecord
 from .headers import RawMessage
 from .policy import Decision, Submission, decide, list_id
 from .recipients import Recipient, Target
-from .replies import may_answer, request_reply
+from . import events as list_events
+from .commands import decide as may_fire, parse_event_command
+from .policy import Submission
+from .replies import command_reply, may_answer, request_reply
 from .snapshot import ListConfig, Snapshot
 
 LIST_HEADERS = ("list-id", "list-post", "list-unsubscribe", "list-help", "list-owner",
@@ -70,6 +73,44 @@ def list_copy(message: RawMessage, lst: ListConfig, hostname: str, now: float) -
     return out.to_bytes()
 
 
+def _command(rcpt: Recipient, message: RawMessage, data: bytes, mail_from: str, submission: Submission,
+             snapshot: Snapshot, now: float) -> tuple[list[PostRecord], list]:
+    """A message to LIST-request@ or mailserver@: kept, acted on when it is `event NAME [ADDRESS]`, answered."""
+    domain = rcpt.address.rpartition("@")[2]
+    command = parse_event_command(message)
+    lst = rcpt.list
+    if command is not None and lst is None:  # mailserver@: the list of this domain with that event
+        owners = [item for item in snapshot.lists.values()
+                  if item.domain == domain and any(e.name == command.event for e in item.spec.events)]
+        lst = owners[0] if len(owners) == 1 else None
+    kept = [PostRecord(lst.name if lst else "", "request", "command", data, "", ())]
+    actions = []
+    if command is None:
+        text = None
+    elif lst is None:
+        text = (f"No single list of {domain} has an event named {command.event!r}; "
+                f"send the command to LIST-request@{domain} instead. Nothing happened.")
+    else:
+        decision = may_fire(lst, submission.senders, command)
+        text = decision.text
+        if decision.allowed:
+            event = next((e for e in lst.spec.events if e.name == command.event), None)
+            actions.append(lambda conn, at, lst=lst, event=event, name=command.event, who=decision.address:
+                           list_events.fire(conn, lst, event, name, [who], snapshot, at))
+    if not may_answer(message, mail_from):
+        return kept, actions
+    hostname = snapshot.hostname(domain)
+    if text is None and rcpt.list is not None:
+        reply = request_reply(rcpt.list, message, mail_from, hostname, now)
+    else:
+        text = text or "mailserver understands one command: event NAME [ADDRESS]. Nothing happened."
+        sender = lst.address_for("request") if lst else f"mailserver@{domain}"
+        reply = command_reply(sender, lst.spec.address if lst else sender, message, mail_from, hostname, now, text)
+    bounce = lst.address_for("bounces") if lst else ""
+    kept.append(PostRecord(lst.name if lst else "", "queued", "command: answered", reply, bounce, (mail_from,)))
+    return kept, actions
+
+
 def _with(recipients, extra: str):
     if callable(recipients):
         return lambda: itertools.chain(recipients(), (extra,))
@@ -105,6 +146,7 @@ def fan_out(data: bytes, mail_from: str, recipients: list[Recipient], snapshot: 
     message = RawMessage.parse(data)
     submission = submission_of(message, mail_from, len(data), selected)
     posts: list[PostRecord] = []
+    actions: list = []
     for rcpt in recipients:
         lst = rcpt.list
         if rcpt.target is Target.post:
@@ -125,12 +167,10 @@ def fan_out(data: bytes, mail_from: str, recipients: list[Recipient], snapshot: 
             whom = f" for {rcpt.subscriber}" if rcpt.subscriber else ""
             posts.append(PostRecord(lst.name, "bounce", f"bounce{whom}: kept for bounce processing", data,
                                     "", ()))
-        elif rcpt.target is Target.request:
-            posts.append(PostRecord(lst.name, "request", "request: kept until mail commands exist", data, "", ()))
-            if may_answer(message, mail_from):
-                reply = request_reply(lst, message, mail_from, snapshot.hostname(lst.domain), now)
-                posts.append(PostRecord(lst.name, "queued", "request: answered", reply,
-                                        lst.address_for("bounces"), (mail_from,)))
+        elif rcpt.target in (Target.request, Target.command):
+            more, act = _command(rcpt, message, data, mail_from, submission, snapshot, now)
+            posts.extend(more)
+            actions.extend(act)
         elif rcpt.target is Target.postmaster:
             domain = snapshot.domains[rcpt.address.rpartition("@")[2]]
             posts.append(PostRecord("", "queued", "postmaster: forwarded", data, mail_from,
@@ -139,4 +179,4 @@ def fan_out(data: bytes, mail_from: str, recipients: list[Recipient], snapshot: 
     if archive:  # a copy of all outgoing mail to a local mailbox
         posts = [replace(p, recipients=_with(p.recipients, archive)) if p.state == "queued" else p for p in posts]
     unique = tuple(dict.fromkeys(r.address for r in recipients))
-    return InboundRecord(mail_from, unique, data, snapshot.generation, tuple(posts))
+    return InboundRecord(mail_from, unique, data, snapshot.generation, tuple(posts), tuple(actions))

@@ -15,6 +15,7 @@ class Target(str, Enum):
     owner = "owner"  # LIST-owner: reaches the moderators
     bounces = "bounces"  # LIST-bounces: kept for bounce processing
     request = "request"  # LIST-request: commands; answered
+    command = "command"  # mailserver@DOMAIN: the server's command address
     postmaster = "postmaster"
 
 
@@ -45,6 +46,8 @@ def accept_recipient(address: str, snapshot: Snapshot) -> Recipient | Refusal:
         return Refusal(550, "5.7.1 Relaying denied: we do not serve this domain")
     if local == "postmaster":
         return Recipient(address, Target.postmaster)
+    if local == "mailserver":
+        return Recipient(address, Target.command)
     found = snapshot.lists.get(address)
     if found is not None:
         return Recipient(address, Target.post, found)

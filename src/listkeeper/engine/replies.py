@@ -35,18 +35,25 @@ def request_reply(lst: ListConfig, message: RawMessage, sender: str, hostname: s
     else:
         body = (f"Commands by mail are not available for {spec.address} yet; nothing was changed.\n\n"
                 f"To subscribe or unsubscribe, write to the list's owners at {lst.address_for('owner')}.\n")
+    return command_reply(lst.address_for("request"), spec.address, message, sender, hostname, now, body)
+
+
+def command_reply(from_address: str, loop_marker: str, message: RawMessage, sender: str, hostname: str,
+                  now: float, body: str) -> bytes:
+    """Every command gets a reply: this one, marked as automatic so it starts no loop."""
     reply = EmailMessage(policy=SMTP)
-    reply["From"] = lst.address_for("request")
+    reply["From"] = from_address
     reply["To"] = sender
     subject = message.get("subject") or ""
-    reply["Subject"] = f"Re: {subject}" if subject else f"Your request to {spec.address}"
+    reply["Subject"] = f"Re: {subject}" if subject else "Your request"
     reply["Date"] = format_datetime(datetime.fromtimestamp(now, timezone.utc))
     reply["Message-ID"] = f"<{uuid.uuid4().hex}@{hostname}>"
     if message.get("message-id"):
         reply["In-Reply-To"] = message.get("message-id")
     reply["Auto-Submitted"] = "auto-replied"
     reply["Precedence"] = "list"
-    reply["X-Loop"] = spec.address
-    text = "\n\n".join(textwrap.fill(part, 72, break_on_hyphens=False, break_long_words=False) for part in body.strip().split("\n\n")) + "\n"
+    reply["X-Loop"] = loop_marker
+    text = "\n\n".join(textwrap.fill(part, 72, break_on_hyphens=False, break_long_words=False)
+                       for part in body.strip().split("\n\n")) + "\n"
     reply.set_content(text, cte="7bit" if text.isascii() else "quoted-printable")
     return reply.as_bytes()

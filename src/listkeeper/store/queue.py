@@ -42,6 +42,7 @@ class InboundRecord:
     data: bytes
     generation: int
     posts: tuple[PostRecord, ...]
+    then: tuple[Callable[[Connection, float], None], ...] = ()  # done in the same transaction (a mail command)
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,9 @@ def spool(conn: Connection, records: Iterable[InboundRecord], now: float) -> lis
     ).scalars().all()
     posts = [(inbound_id, r.generation, p) for inbound_id, r in zip(inbound_ids, records) for p in r.posts]
     if not posts:
+        for record in records:
+            for action in record.then:
+                action(conn, now)
         return list(inbound_ids)
     post_ids = conn.execute(
         insert(messages).returning(messages.c.id, sort_by_parameter_order=True),
@@ -95,6 +99,9 @@ def spool(conn: Connection, records: Iterable[InboundRecord], now: float) -> lis
     for _, _, p in posts:
         if p.poster and p.state == "queued" and events.is_subscriber(conn, p.list_name, p.poster):
             events.record_fires(conn, p.list_name, "post", [p.poster], now)
+    for record in records:
+        for action in record.then:
+            action(conn, now)
     return list(inbound_ids)
 
 
