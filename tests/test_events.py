@@ -162,3 +162,26 @@ async def test_firing_by_mail_with_a_reply_to_every_command(tmp_path, conf, engi
     with engine.store.engine.connect() as conn:
         assert [a for a, _ in store_events.fires(conn, "newcomers", "reminder")] == ["alice@example.org",
                                                                                       "bob@example.net"]
+
+
+def test_removing_an_event_says_how_many_counters_it_drops(tmp_path, conf):
+    env = {**os.environ, "LISTKEEPER_STORE": f"sqlite:///{tmp_path}/lk.db"}
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "listkeeper", *args], capture_output=True, text=True, env=env)
+
+    run("reconcile", str(conf))
+    run("tick", "--at", "2030-01-01T00:00")
+    text = (conf / "events.yaml").read_text()
+    reminder = text[text.index("    - name: reminder"):]
+    write(conf, "events.yaml", text.replace("repeat: 1d", "repeat: 2d"))  # a change that keeps the name
+    dry = run("reconcile", str(conf), "--dry-run")
+    assert "drops" not in dry.stdout and '~ spec.events[0].repeat: 86400.0 → 172800.0' in dry.stdout
+    write(conf, "events.yaml", text.replace(text[text.index("    - name: daily"):text.index("    - name: reminder")], "")
+          .replace("        - {event: daily, at_least: 5, at_most: 5}\n", ""))
+    dry = run("reconcile", str(conf), "--dry-run")
+    assert "MailingList/newcomers: removing event daily drops 2 subscriber counters" in dry.stdout
+    run("reconcile", str(conf))
+    shown = run("events", "show", "newcomers").stdout.splitlines()
+    assert shown[0].split() == ["subscriber", "join"]
+    assert reminder

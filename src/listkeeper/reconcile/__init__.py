@@ -15,6 +15,7 @@ from listkeeper.manifests.directory import MemberDirectorySpec, Members
 from listkeeper.store import Store
 from listkeeper.store import config as applied_config
 from listkeeper.store import directory as member_directory
+from listkeeper.store import events as store_events
 from listkeeper.store import queue as store_queue
 
 from .apply import ApplyError, apply, check_references
@@ -47,7 +48,7 @@ class StalePlan(Exception):
 
 def runtime_facts(conn: Connection) -> RuntimeFacts:
     return RuntimeFacts(store_queue.pending_by_list(conn), store_queue.held_counts(conn),
-                        store_queue.pending_domains(conn))
+                        store_queue.pending_domains(conn), store_events.counters_by_event(conn))
 
 
 def _routes_after(desired: Mapping[tuple[str, str], DesiredResource]):

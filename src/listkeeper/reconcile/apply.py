@@ -55,8 +55,11 @@ def apply(plan: Plan, conn: Connection, now: float,
     try:
         generation = applied_config.write_resources(conn, upserts, deletes, now)
         for item in upserts:
-            if item.kind == "MailingList" and not item.spec.get("members"):
+            if item.kind != "MailingList":
+                continue
+            if not item.spec.get("members"):
                 events.sync_subscribers(conn, item.name, receiving(item.spec), now)
+            events.drop_events_except(conn, item.name, ["join", "post", *(e["name"] for e in item.spec.get("events", []))])
         return generation
     except applied_config.ResourceWriteFailed as exc:  # the transaction rolls back
         raise ApplyError(f"applying failed at {exc}; nothing was changed") from exc

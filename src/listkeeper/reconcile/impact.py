@@ -21,6 +21,7 @@ class RuntimeFacts:
     pending_by_list: Mapping[str, int] = field(default_factory=dict)
     held_by_list: Mapping[str, int] = field(default_factory=dict)
     pending_domains: Mapping[str, int] = field(default_factory=dict)
+    counters_by_event: Mapping[tuple[str, str], int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,14 @@ def _list_impact(change: ResourceChange, facts: RuntimeFacts | None) -> list[Imp
             {"members_before": len(before), "members_after": len(after), "joins": len(joins),
              "leaves": len(leaves)},
             {"joins": tuple(joins[:EXAMPLES]), "leaves": tuple(leaves[:EXAMPLES])}))
+    if facts is not None and change.action is Action.update:
+        kept = {e["name"] for e in (change.after or {}).get("events", [])}
+        for event in (change.before or {}).get("events", []):
+            if event["name"] not in kept:
+                n = facts.counters_by_event.get((name, event["name"]), 0)
+                out.append(Impact(change.kind, change.name,
+                                  f"removing event {event['name']} drops {_plural(n, 'subscriber counter')}",
+                                  {"dropped_counters": n}))
     if change.restores:
         out.append(Impact(change.kind, change.name, "re-creates a deleted list and restores its runtime data"))
     return out

@@ -106,3 +106,16 @@ def list_subscribers(conn: Connection, list_name: str) -> list[str]:
 def fires(conn: Connection, list_name: str, event: str) -> list[tuple[str, float]]:
     return [tuple(r) for r in conn.execute(select(event_fires.c.address, event_fires.c.at).where(
         event_fires.c.list_name == list_name, event_fires.c.event == event).order_by(event_fires.c.at))]
+
+
+def counters_by_event(conn: Connection) -> dict[tuple[str, str], int]:
+    """How many subscribers have a counter for each (list, event): what removing an event drops."""
+    rows = conn.execute(select(event_counters.c.list_name, event_counters.c.event, func.count())
+                        .group_by(event_counters.c.list_name, event_counters.c.event))
+    return {(name, event): count for name, event, count in rows}
+
+
+def drop_events_except(conn: Connection, list_name: str, keep: Iterable[str]) -> int:
+    """Counters of events the list no longer defines (the plan said how many)."""
+    return conn.execute(delete(event_counters).where(event_counters.c.list_name == list_name,
+                                                     event_counters.c.event.not_in(list(keep)))).rowcount
