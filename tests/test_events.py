@@ -185,3 +185,21 @@ def test_removing_an_event_says_how_many_counters_it_drops(tmp_path, conf):
     shown = run("events", "show", "newcomers").stdout.splitlines()
     assert shown[0].split() == ["subscriber", "join"]
     assert reminder
+
+
+def test_template_mail_is_clean_mime_with_non_ascii():
+    from email import policy
+    from email.parser import BytesParser
+
+    from listkeeper.engine.events import template_mail
+    from listkeeper.engine.snapshot import ListConfig
+    from listkeeper.manifests.lists import MailingListSpec
+    lst = ListConfig("newcomers", MailingListSpec.model_validate({
+        "address": "newcomers@example.org", "type": "discussion",
+        "events": [{"name": "hello", "template": {"subject": "Grüße, {{ subscriber.address }}",
+                                                   "body": "Hallo {{ subscriber.address }}!\nTschüß."}}]}))
+    data = template_mail(lst, lst.spec.events[0], "anna@example.org", {}, "lists.example.org", 0.0)
+    parsed = BytesParser(policy=policy.default).parsebytes(data)
+    assert parsed["Subject"] == "Grüße, anna@example.org"
+    assert parsed.get_content() == "Hallo anna@example.org!\r\nTschüß.\r\n"
+    assert all(len(line) <= 998 for line in data.split(b"\r\n"))

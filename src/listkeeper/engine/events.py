@@ -6,10 +6,11 @@ rendering of template mails (Jinja2's sandbox) happen, all in one transaction pe
 from __future__ import annotations
 
 import uuid
+from functools import lru_cache
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from email.message import EmailMessage
-from email.policy import SMTP
+import quopri
+from email.header import Header
 from email.utils import format_datetime
 
 from jinja2.sandbox import SandboxedEnvironment
@@ -23,6 +24,12 @@ from listkeeper.store.queue import InboundRecord, PostRecord
 from .snapshot import ListConfig, Snapshot
 
 _env = SandboxedEnvironment(autoescape=False)
+CRLF = "\r\n"
+
+
+@lru_cache(maxsize=256)
+def _compiled(source: str):
+    return _env.from_string(source)  # compiled once per template, not once per subscriber
 
 
 @dataclass(frozen=True)
@@ -32,21 +39,35 @@ class Fired:
     addresses: tuple[str, ...]
 
 
+def _header(name: str, value: str) -> bytes:
+    value = " ".join(value.split())
+    if value.isascii() and len(value) < 900:
+        return f"{name}: {value}\r\n".encode()
+    return f"{name}: {Header(value, 'utf-8').encode(maxlinelen=76, linesep=CRLF)}\r\n".encode()
+
+
 def template_mail(lst: ListConfig, event: EventSpec, address: str, counters: dict[str, int], hostname: str,
                   now: float) -> bytes:
+    """The event's mail to one subscriber. Built directly: thousands go out in one tick, and the email
+    package's generator costs a millisecond a message."""
     variables = {"subscriber": {"address": address},
                  "list": {"name": lst.name, "address": lst.spec.address, "description": lst.spec.description},
                  "counters": counters, "event": event.name}
-    mail = EmailMessage(policy=SMTP)
-    mail["From"] = lst.address_for("owner")
-    mail["To"] = address
-    mail["Subject"] = _env.from_string(event.template.subject).render(variables).replace("\n", " ")
-    mail["Date"] = format_datetime(datetime.fromtimestamp(now, timezone.utc))
-    mail["Message-ID"] = f"<{uuid.uuid4().hex}@{hostname}>"
-    mail["Auto-Submitted"] = "auto-generated"
-    mail["List-Id"] = f"<{lst.local_part}.{lst.domain}>"
-    mail.set_content(_env.from_string(event.template.body).render(variables))
-    return mail.as_bytes()
+    subject = _compiled(event.template.subject).render(variables)
+    body = _compiled(event.template.body).render(variables)
+    text = CRLF.join(body.splitlines()) + CRLF
+    if text.isascii() and all(len(line) < 990 for line in text.split(CRLF)):
+        encoding, payload = "7bit", text.encode()
+    else:
+        lines = "\n".join(body.splitlines()) + "\n"
+        encoding, payload = "quoted-printable", quopri.encodestring(lines.encode("utf-8")).replace(b"\n", b"\r\n")
+    head = b"".join((
+        _header("From", lst.address_for("owner")), _header("To", address), _header("Subject", subject),
+        _header("Date", format_datetime(datetime.fromtimestamp(now, timezone.utc))),
+        _header("Message-ID", f"<{uuid.uuid4().hex}@{hostname}>"), _header("Auto-Submitted", "auto-generated"),
+        _header("List-Id", f"<{lst.local_part}.{lst.domain}>"), b"MIME-Version: 1.0\r\n",
+        b'Content-Type: text/plain; charset="utf-8"\r\n', _header("Content-Transfer-Encoding", encoding)))
+    return head + b"\r\n" + payload
 
 
 def fire(conn, lst: ListConfig, event: EventSpec | None, name: str, addresses: list[str], snapshot: Snapshot,

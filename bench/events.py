@@ -1,0 +1,98 @@
+"""events: one tick of list events over many subscribers, against one hand-written SQL statement.
+
+A list of N subscribers with five user-defined events; 10% of the subscribers qualify, so the tick
+fires two events for them and queues one template mail each. The baseline, in the same run, is the
+one SQL statement (sqlite3 module) that computes the set of subscribers the first event fires for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sqlite3
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "src"))
+
+EVENTS = """
+  events:
+    - name: flag
+      depends: [{event: join, never: true}]
+    - name: welcome
+      depends: [{event: flag, at_least: 1}]
+      template: {subject: "Welcome to {{ list.name }}", body: "Hello {{ subscriber.address }}, welcome."}
+    - name: followup
+      depends: [{event: welcome, at_least: 1}, {event: post, never: true}]
+    - name: vip
+      depends: [{event: flag, exactly: 2}]
+    - name: lapsed
+      depends: [{event: post, at_least: 3}]
+      repeat: 7d
+"""
+BASELINE = ("SELECT s.address FROM subscribers s JOIN event_counters f ON f.list_name = s.list_name "
+            "AND f.address = s.address AND f.event = 'flag' WHERE s.list_name = 'big' AND f.count >= 1 "
+            "AND NOT EXISTS (SELECT 1 FROM event_counters w WHERE w.list_name = s.list_name "
+            "AND w.address = s.address AND w.event = 'welcome')")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench events", description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true", help="the issue's size: 100,000 subscribers")
+    parser.add_argument("--subscribers", type=int, default=20_000)
+    args = parser.parse_args()
+    if args.full:
+        args.subscribers = 100_000
+    from listkeeper.engine.events import tick
+    from listkeeper.engine.snapshot import load_snapshot
+    from listkeeper.manifests import load_manifests
+    from listkeeper.reconcile import reconcile
+    from listkeeper.store import Store
+
+    with tempfile.TemporaryDirectory(prefix="lk-bench-events-") as tmp:
+        root = Path(tmp)
+        (root / "conf").mkdir()
+        (root / "conf" / "list.yaml").write_text(
+            "apiVersion: listkeeper/v1\nkind: Domain\nmetadata: {name: d}\n"
+            "spec: {domain: example.org, hostname: lists.example.org, postmaster: postmaster@example.org}\n---\n"
+            "apiVersion: listkeeper/v1\nkind: MailingList\nmetadata: {name: big}\nspec:\n"
+            "  address: big@example.org\n  type: discussion\n" + EVENTS)
+        store = Store.open(f"sqlite:///{root}/store.db")
+        reconcile(load_manifests([root / "conf"]), store)
+        db = sqlite3.connect(root / "store.db")
+        now = time.time()
+        people = [f"member{i}@d{i % 1000}.example" for i in range(args.subscribers)]
+        db.executemany("INSERT INTO subscribers VALUES ('big', ?, 'directory', ?)", [(a, now) for a in people])
+        db.executemany("INSERT INTO event_counters VALUES ('big', ?, 'join', 1, ?)", [(a, now) for a in people])
+        db.executemany("INSERT INTO event_counters VALUES ('big', ?, 'flag', 1, ?)",
+                       [(a, now) for a in people[::10]])  # 10% qualify
+        db.commit()
+        start = time.perf_counter()
+        expected = len(db.execute(BASELINE).fetchall())
+        base = time.perf_counter() - start
+        db.close()
+        snapshot = load_snapshot(store)
+        start = time.perf_counter()
+        fired = tick(store, snapshot, now + 60)
+        elapsed = time.perf_counter() - start
+        store.close()
+    counts = {f.event: len(f.addresses) for f in fired}
+    if counts.get("welcome") != expected:
+        sys.exit(f"tick fired welcome for {counts.get('welcome')}, the baseline selects {expected}")
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"{args.subscribers} subscribers, 5 events; fired: {counts}")
+    print(f"{'path':<58}{'seconds':>9}")
+    print(f"{'tick: evaluate, record fires, render + queue template mails':<58}{elapsed:>9.2f}")
+    print(f"{'baseline: one hand-written SQL statement (selection only)':<58}{base:>9.3f}")
+    print(f"{'ratio':<58}{elapsed / base:>9.1f}")
+    print(json.dumps({"bench": "events", "subscribers": args.subscribers, "fired": counts,
+                      "tick_s": round(elapsed, 2), "baseline_s": round(base, 3), "ratio": round(elapsed / base, 1),
+                      "peak_rss_mb": round(rss, 1)}))
+
+
+if __name__ == "__main__":
+    main()
