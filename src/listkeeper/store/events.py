@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy import and_, delete, func, insert, literal, or_, select, true, update
+from sqlalchemy import and_, bindparam, delete, func, insert, literal, or_, select, true, update
 from sqlalchemy.engine import Connection
 
 from listkeeper.manifests.events import Dependency, EventSpec
@@ -119,3 +120,35 @@ def drop_events_except(conn: Connection, list_name: str, keep: Iterable[str]) ->
     """Counters of events the list no longer defines (the plan said how many)."""
     return conn.execute(delete(event_counters).where(event_counters.c.list_name == list_name,
                                                      event_counters.c.event.not_in(list(keep)))).rowcount
+
+
+_ADD = (update(event_counters)
+        .where(event_counters.c.list_name == bindparam("b_list"), event_counters.c.address == bindparam("b_address"),
+               event_counters.c.event == bindparam("b_event"))
+        .values(count=event_counters.c.count + bindparam("b_n"), last_at=bindparam("b_now")))
+
+
+def record_many(conn: Connection, event: str, fires: Iterable[tuple[str, str]], now: float) -> None:
+    """Fires of one event for (list, address) pairs, repeats counted, in a few statements for a whole batch."""
+    wanted = Counter(fires)
+    if not wanted:
+        return
+    lists = {name for name, _ in wanted}
+    members = set(tuple(r) for r in conn.execute(select(subscribers.c.list_name, subscribers.c.address).where(
+        subscribers.c.list_name.in_(lists), subscribers.c.address.in_({a for _, a in wanted}))))
+    counted = {key: n for key, n in wanted.items() if key in members}
+    if not counted:
+        return
+    existing = set(tuple(r) for r in conn.execute(select(event_counters.c.list_name, event_counters.c.address).where(
+        event_counters.c.event == event, event_counters.c.list_name.in_(lists),
+        event_counters.c.address.in_({a for _, a in counted}))))
+    updates = [dict(b_list=l, b_address=a, b_event=event, b_n=n, b_now=now)
+               for (l, a), n in counted.items() if (l, a) in existing]
+    if updates:
+        conn.execute(_ADD, updates)
+    fresh = [dict(list_name=l, address=a, event=event, count=n, last_at=now)
+             for (l, a), n in counted.items() if (l, a) not in existing]
+    if fresh:
+        conn.execute(insert(event_counters), fresh)
+    conn.execute(insert(event_fires), [dict(list_name=l, address=a, event=event, at=now)
+                                       for (l, a), n in counted.items() for _ in range(n)])

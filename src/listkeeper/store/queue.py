@@ -96,9 +96,8 @@ def spool(conn: Connection, records: Iterable[InboundRecord], now: float) -> lis
                  f"next_attempt_at, created_at, updated_at) VALUES ({', '.join([mark] * 8)})")
     while chunk := list(islice(rows, INSERT_CHUNK)):  # a big fan-out never holds every row at once
         conn.exec_driver_sql(statement, chunk)  # plain tuples: the hot path of a large fan-out
-    for _, _, p in posts:
-        if p.poster and p.state == "queued" and events.is_subscriber(conn, p.list_name, p.poster):
-            events.record_fires(conn, p.list_name, "post", [p.poster], now)
+    events.record_many(conn, "post", ((p.list_name, p.poster) for _, _, p in posts
+                                      if p.poster and p.state == "queued"), now)
     for record in records:
         for action in record.then:
             action(conn, now)
