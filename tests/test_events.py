@@ -148,7 +148,9 @@ async def test_firing_by_mail_with_a_reply_to_every_command(tmp_path, conf, engi
         for path in (tmp_path / "outbox").glob("*.eml"):
             msg = message_from_bytes(path.read_bytes())
             if msg["Subject"] == "Re: cmd":
-                found.setdefault(msg["Delivered-To"], []).append(" ".join(msg.get_payload().split()))
+                text = msg.get_payload()
+                assert text.startswith("> event ")  # the command, quoted
+                found.setdefault(msg["Delivered-To"], []).append(" ".join(text.split("\n", 1)[1].split()))
         return found if sum(len(v) for v in found.values()) == 5 else None
 
     got = await wait_for(replies)

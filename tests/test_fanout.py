@@ -77,39 +77,63 @@ def test_folded_headers_survive():
     assert parsed.to_bytes() == raw
 
 
-def test_fan_out_to_regular_members_only():
+@pytest.fixture
+def store(tmp_path):
+    """A real store holding the list's manifest subscribers, as apply leaves it."""
+    from listkeeper.store import Store, subscribers
+    opened = Store.open(f"sqlite:///{tmp_path}/lk.db")
+    with opened.engine.begin() as conn:
+        subscribers.sync_manifest(conn, "members", [s.model_dump() for s in MEMBERS.spec.subscribers], 0.0)
+    yield opened
+    opened.close()
+
+
+def test_fan_out_to_regular_members_only(store):
     rcpt = accept_recipient("members@example.org", SNAPSHOT)
     record = fan_out(MESSAGE, "alice@example.org", [rcpt], SNAPSHOT, 0.0)
     (post,) = record.posts
     assert post.state == "queued"
-    assert post.recipients == ("alice@example.org", "bob@example.net")
+    with store.engine.connect() as conn:  # streamed from the store's subscribers when spooled
+        assert list(post.each_recipient(conn)) == ["alice@example.org", "bob@example.net"]
     assert post.return_path == "members-bounces@example.org"
     assert record.generation == 7
 
 
-def test_fan_out_refuses_non_member():
+def test_fan_out_holds_or_refuses_non_member():
     rcpt = accept_recipient("members@example.org", SNAPSHOT)
-    result = fan_out(MESSAGE.replace(b"alice@", b"eve@"), "eve@example.net", [rcpt], SNAPSHOT, 0.0)
+    held = fan_out(MESSAGE.replace(b"alice@", b"eve@"), "eve@example.net", [rcpt], SNAPSHOT, 0.0)
+    notice, post = held.posts
+    assert post.state == "held" and post.hold.sender == "eve@example.net" and len(post.hold.token) == 24
+    assert notice.reason == "moderation: notice to the moderators"
+    strict = ListConfig("members", MailingListSpec.model_validate({**MEMBERS.spec.model_dump(), "non_members": "reject"}))
+    snapshot = Snapshot(7, SNAPSHOT.domains, {strict.spec.address: strict}, (), {})
+    result = fan_out(MESSAGE.replace(b"alice@", b"eve@"), "eve@example.net",
+                     [accept_recipient("members@example.org", snapshot)], snapshot, 0.0)
     assert isinstance(result, Refused) and result.reply == "550 5.7.1 Only subscribers may post to members@example.org"
 
 
-def test_owner_and_postmaster_are_forwarded():
+def test_owner_and_postmaster_are_forwarded(store):
     rcpts = [accept_recipient(a, SNAPSHOT) for a in ("members-owner@example.org", "postmaster@example.org")]
     record = fan_out(MESSAGE, "x@example.net", rcpts, SNAPSHOT, 0.0)
-    assert [p.recipients for p in record.posts] == [("mod@example.org",), ("pm@example.org",)]
+    with store.engine.connect() as conn:
+        assert [list(p.each_recipient(conn)) for p in record.posts] == [["mod@example.org"], ["pm@example.org"]]
     assert all(p.data == MESSAGE for p in record.posts)
 
 
-def test_request_gets_a_reply_that_says_why_nothing_changed():
+def test_request_gets_a_reply(store):
+    from listkeeper.store import queue as store_queue
     rcpt = accept_recipient("members-request@example.org", SNAPSHOT)
     asking = b"From: x@example.net\r\nSubject: unsubscribe\r\nMessage-ID: <q@x>\r\n\r\n"
     record = fan_out(asking, "x@example.net", [rcpt], SNAPSHOT, 0.0)
-    kept, answer = record.posts
-    assert kept.state == "request" and answer.recipients == ("x@example.net",)
+    (kept,) = record.posts
+    assert kept.state == "request" and len(record.then) == 1
+    with store.engine.begin() as conn:
+        (answer,) = record.then[0](conn, 0.0)
+    assert answer.recipients == ("x@example.net",)
     reply = RawMessage.parse(answer.data)
     assert reply.get("subject") == "Re: unsubscribe" and reply.get("in-reply-to") == "<q@x>"
     assert reply.get("auto-submitted") == "auto-replied"
-    assert b"write to the list's owners at\r\nmembers-owner@example.org" in answer.data
+    assert b"x@example.net is not subscribed to members@example.org; nothing changed." in answer.data
 
 
 @pytest.mark.parametrize("headers,mail_from", [

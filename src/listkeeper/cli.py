@@ -311,19 +311,50 @@ def suppress_list(store_url) -> None:
         click.echo("No runtime suppressions.")
 
 
-@main.command()
+class _ShowByDefault(click.Group):
+    """`members LIST` is `members show LIST`; `members import|export ...` are subcommands."""
+
+    def resolve_command(self, ctx, args):
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["show", *args]
+        return super().resolve_command(ctx, args)
+
+
+@main.group(cls=_ShowByDefault)
+def members() -> None:
+    """A list's members: show them (the default), import or export them."""
+
+
+@members.command("show")
 @click.argument("list_name")
 @store_option
-@click.option("--preview", is_flag=True, help="Run the list's query now instead of showing the last selection.")
+@click.option("--preview", is_flag=True, help="Run a dynamic list's query now instead of showing the last selection.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(0), help="Addresses to print.")
-def members(list_name, store_url, preview, limit) -> None:
-    """Who a list reaches: the selection of its last post, or (--preview) its query run now."""
+def members_show(list_name, store_url, preview, limit) -> None:
+    """Who a list reaches: its subscribers, or for a dynamic list the selection of its last post
+    (or, with --preview, its query run now)."""
     import datetime
-    from listkeeper.engine.fanout import receivers
+    from listkeeper.engine.membership import receivers
     from listkeeper.engine.snapshot import load_snapshot
     from listkeeper.store import queue as store_queue
+    from listkeeper.store import subscribers
     from listkeeper.store.directory import DirectoryError
     with _store(store_url) as store:
+        snapshot = load_snapshot(store)
+        lst = next((item for item in snapshot.lists.values() if item.name == list_name), None)
+        if lst is None:
+            raise click.ClickException(f"no list {list_name!r} in the applied configuration")
+        if lst.spec.members is None:
+            with store.engine.connect() as conn:
+                rows = subscribers.members(conn, list_name)
+            receiving = sum(1 for m in rows if m.receiving)
+            click.echo(f"{receiving} receiving member(s) of {len(rows)}:")
+            for m in rows[:limit]:
+                click.echo(f"  {m.address:<40} {','.join(sorted(m.roles)):<22} {m.receives or '-':<7} "
+                           f"{m.state:<13} {m.source}")
+            if len(rows) > limit:
+                click.echo(f"  … and {len(rows) - limit} more")
+            return
         if not preview:
             with store.engine.connect() as conn:
                 found = store_queue.last_selection(conn, list_name, limit)
@@ -334,18 +365,14 @@ def members(list_name, store_url, preview, limit) -> None:
             when = datetime.datetime.fromtimestamp(at, datetime.timezone.utc).isoformat(timespec="seconds")
             click.echo(f"{total} member(s) selected for post {post_id} at {when}:")
         else:
-            snapshot = load_snapshot(store)
-            lst = next((item for item in snapshot.lists.values() if item.name == list_name), None)
-            if lst is None:
-                raise click.ClickException(f"no list {list_name!r} in the applied configuration")
             chosen = receivers(lst, snapshot, store.now())
             try:
-                everyone = chosen() if callable(chosen) else iter(chosen)
-                addresses, total = [], 0
-                for address in everyone:
-                    total += 1
-                    if len(addresses) < limit:
-                        addresses.append(address)
+                with store.engine.connect() as conn:
+                    addresses, total = [], 0
+                    for address in chosen(conn):
+                        total += 1
+                        if len(addresses) < limit:
+                            addresses.append(address)
             except (DirectoryError, Exception) as exc:  # noqa: BLE001 - the directory is the operator's
                 raise click.ClickException(f"cannot run the query of {list_name}: {exc}") from None
             click.echo(f"{total} member(s) selected now:")

@@ -9,18 +9,20 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from email.utils import format_datetime, getaddresses
 
-from listkeeper.manifests.lists import ListType, Role
-from listkeeper.store import directory as member_directory
-from listkeeper.store.queue import InboundRecord, PostRecord
+import logging
+import secrets
 
+from listkeeper.manifests.lists import ListType
+from listkeeper.store.queue import Hold, InboundRecord, PostRecord
+
+from . import commands, moderation
 from .headers import RawMessage
+from .membership import Membership, from_manifests, lists_consulted, moderators, receivers
 from .policy import Decision, Submission, decide, list_id
 from .recipients import Recipient, Target
-from . import events as list_events
-from .commands import decide as may_fire, parse_event_command
-from .policy import Submission
-from .replies import command_reply, may_answer, request_reply
 from .snapshot import ListConfig, Snapshot
+
+log = logging.getLogger("listkeeper.policy")
 
 LIST_HEADERS = ("list-id", "list-post", "list-unsubscribe", "list-help", "list-owner",
                 "list-subscribe", "list-archive", "list-unsubscribe-post", "precedence", "return-path")
@@ -40,10 +42,28 @@ def senders_of(message: RawMessage, mail_from: str) -> frozenset[str]:
     return frozenset(senders)
 
 
+def automated_reason(message: RawMessage, mail_from: str) -> str:
+    """Why a message is a bounce or an auto-reply (RFC 3834 and common practice), or ''."""
+    if not mail_from:
+        return "a bounce (null envelope sender)"
+    if mail_from.lower().startswith(("mailer-daemon@", "postmaster@")):
+        return f"a bounce (envelope sender {mail_from})"
+    auto = (message.get("auto-submitted") or "no").strip().lower()
+    if not auto.startswith("no"):
+        return f"an automatic message (Auto-Submitted: {auto})"
+    if message.get("x-autoreply") is not None or message.get("x-autorespond") is not None:
+        return "an auto-reply (X-Autoreply)"
+    if (message.get("precedence") or "").strip().lower() == "auto_reply":
+        return "an auto-reply (Precedence: auto_reply)"
+    return ""
+
+
 def submission_of(message: RawMessage, mail_from: str, size: int,
-                  selected: frozenset[str] = frozenset()) -> Submission:
+                  membership: Membership | None = None) -> Submission:
+    membership = membership or Membership()
     return Submission(senders_of(message, mail_from), size, tuple(message.get_all("list-id")),
-                      tuple(v.lower() for v in message.get_all("x-loop")), selected)
+                      tuple(v.lower() for v in message.get_all("x-loop")), membership.selected,
+                      membership.roles, automated_reason(message, mail_from))
 
 
 def list_copy(message: RawMessage, lst: ListConfig, hostname: str, now: float) -> bytes:
@@ -73,93 +93,49 @@ def list_copy(message: RawMessage, lst: ListConfig, hostname: str, now: float) -
     return out.to_bytes()
 
 
-def _command(rcpt: Recipient, message: RawMessage, data: bytes, mail_from: str, submission: Submission,
-             snapshot: Snapshot, now: float) -> tuple[list[PostRecord], list]:
-    """A message to LIST-request@ or mailserver@: kept, acted on when it is `event NAME [ADDRESS]`, answered."""
-    domain = rcpt.address.rpartition("@")[2]
-    command = parse_event_command(message)
-    lst = rcpt.list
-    if command is not None and lst is None:  # mailserver@: the list of this domain with that event
-        owners = [item for item in snapshot.lists.values()
-                  if item.domain == domain and any(e.name == command.event for e in item.spec.events)]
-        lst = owners[0] if len(owners) == 1 else None
-    kept = [PostRecord(lst.name if lst else "", "request", "command", data, "", ())]
-    actions = []
-    if command is None:
-        text = None
-    elif lst is None:
-        text = (f"No single list of {domain} has an event named {command.event!r}; "
-                f"send the command to LIST-request@{domain} instead. Nothing happened.")
-    else:
-        decision = may_fire(lst, submission.senders, command)
-        text = decision.text
-        if decision.allowed:
-            event = next((e for e in lst.spec.events if e.name == command.event), None)
-            actions.append(lambda conn, at, lst=lst, event=event, name=command.event, who=decision.address:
-                           list_events.fire(conn, lst, event, name, [who], snapshot, at))
-    if not may_answer(message, mail_from):
-        return kept, actions
-    hostname = snapshot.hostname(domain)
-    if text is None and rcpt.list is not None:
-        reply = request_reply(rcpt.list, message, mail_from, hostname, now)
-    else:
-        text = text or "mailserver understands one command: event NAME [ADDRESS]. Nothing happened."
-        sender = lst.address_for("request") if lst else f"mailserver@{domain}"
-        reply = command_reply(sender, lst.spec.address if lst else sender, message, mail_from, hostname, now, text)
-    bounce = lst.address_for("bounces") if lst else ""
-    kept.append(PostRecord(lst.name if lst else "", "queued", "command: answered", reply, bounce, (mail_from,)))
-    return kept, actions
-
-
 def _with(recipients, extra: str):
     if callable(recipients):
-        return lambda: itertools.chain(recipients(), (extra,))
+        return lambda conn: itertools.chain(recipients(conn), (extra,))
     return recipients if extra in recipients else recipients + (extra,)
 
 
-def regular_members(lst: ListConfig) -> tuple[str, ...]:
-    """Who gets each post now; digest members are served by the digest runner (not yet built)."""
-    return tuple(s.address for s in lst.spec.subscribers if Role.regular in s.roles)
-
-
-def moderators(lst: ListConfig) -> tuple[str, ...]:
-    return tuple(s.address for s in lst.spec.subscribers if Role.moderator in s.roles)
-
-
-def receivers(lst: ListConfig, snapshot: Snapshot, now: float):
-    """A static list's regular members, or, for a dynamic list, a stream of its query's selection
-    taken when the spool writes the post (never a Python list of every member)."""
-    if lst.spec.members is None:
-        return regular_members(lst)
-    directory = snapshot.directories[lst.spec.members.directory]
-    query = tuple(lst.spec.members.query)
-    moment = datetime.fromtimestamp(now, timezone.utc)
-    return lambda: member_directory.stream(directory, query, moment)
-
-
 def fan_out(data: bytes, mail_from: str, recipients: list[Recipient], snapshot: Snapshot,
-            now: float | None = None, selected: frozenset[str] = frozenset()) -> InboundRecord | Refused:
+            now: float | None = None, membership: Membership | None = None) -> InboundRecord | Refused:
     """Decide every recipient's fate; refuse the whole message if any list refuses it.
 
-    `selected` names the dynamic lists whose query selects a sender (looked up by the caller)."""
+    `membership` holds the senders' roles from the store (engine/membership.py); without it the
+    manifests' roles are used, which is what pure callers such as tests want."""
     now = time.time() if now is None else now
     message = RawMessage.parse(data)
-    submission = submission_of(message, mail_from, len(data), selected)
+    senders = senders_of(message, mail_from)
+    if membership is None:
+        membership = from_manifests(senders, lists_consulted(recipients, snapshot))
+    submission = submission_of(message, mail_from, len(data), membership)
     posts: list[PostRecord] = []
     actions: list = []
     for rcpt in recipients:
         lst = rcpt.list
         if rcpt.target is Target.post:
             verdict = decide(submission, lst)
+            log.info("policy list=%s from=%s decision=%s rule=%s reason=%s", lst.name, mail_from or "<>",
+                     verdict.decision.value, verdict.rule, verdict.reason)
             if verdict.decision is Decision.reject:
                 return Refused(verdict.reply, verdict.rule)
             state = {Decision.accept: "queued", Decision.hold: "held", Decision.discard: "discarded"}[verdict.decision]
-            copy = list_copy(message, lst, snapshot.hostname(lst.domain), now)
+            hostname = snapshot.hostname(lst.domain)
+            copy = list_copy(message, lst, hostname, now)
+            hold = None
+            if state == "held":
+                sender = next(iter(sorted(senders - {mail_from.lower()})), mail_from.lower()) if senders else ""
+                hold = Hold(secrets.token_hex(12), mail_from.lower() or sender, message.get("subject") or "",
+                            now + lst.spec.moderation.expiry)
+                posts.append(PostRecord(lst.name, "queued", "moderation: notice to the moderators",
+                                        moderation.hold_notice(lst, hold, verdict.reason, message, hostname, now),
+                                        lst.address_for("bounces"), moderators(lst)))
             posts.append(PostRecord(lst.name, state, f"{verdict.rule}: {verdict.reason}", copy,
                                     lst.address_for("bounces"),
                                     receivers(lst, snapshot, now) if state == "queued" else (), verp=True,
-                                    poster=next((s.address for s in lst.spec.subscribers
-                                                 if s.address in submission.senders), None)))
+                                    poster=membership.posters.get(lst.name), hold=hold, digest=True))
         elif rcpt.target is Target.owner:
             posts.append(PostRecord(lst.name, "queued", "owner: forwarded to the moderators", data,
                                     lst.address_for("bounces"), moderators(lst)))
@@ -167,10 +143,9 @@ def fan_out(data: bytes, mail_from: str, recipients: list[Recipient], snapshot: 
             whom = f" for {rcpt.subscriber}" if rcpt.subscriber else ""
             posts.append(PostRecord(lst.name, "bounce", f"bounce{whom}: kept for bounce processing", data,
                                     "", ()))
-        elif rcpt.target in (Target.request, Target.command):
-            more, act = _command(rcpt, message, data, mail_from, submission, snapshot, now)
-            posts.extend(more)
-            actions.extend(act)
+        elif rcpt.target in (Target.request, Target.command, Target.confirm):
+            posts.append(PostRecord(lst.name if lst else "", "request", rcpt.target.value, data, "", ()))
+            actions.append(commands.action(rcpt, message, mail_from, senders, snapshot, now))
         elif rcpt.target is Target.postmaster:
             domain = snapshot.domains[rcpt.address.rpartition("@")[2]]
             posts.append(PostRecord("", "queued", "postmaster: forwarded", data, mail_from,

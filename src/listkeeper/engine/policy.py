@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from enum import Enum
+from types import MappingProxyType
 
-from listkeeper.manifests.lists import ListType, Role
+from listkeeper.manifests.lists import ListType, NonMembers, Role
 
 from .snapshot import ListConfig
 
@@ -28,13 +29,16 @@ class Verdict:
 
 @dataclass(frozen=True)
 class Submission:
-    """What the rules may look at: who sent it, how big it is, and the loop markers it carries."""
+    """What the rules may look at: who sent it, what roles they hold, how big it is, and the markers it
+    carries. Roles come from the store (looked up before the chain runs), so the rules stay pure."""
 
     senders: frozenset[str]  # envelope sender, From, Sender; lower-cased
     size: int
     list_ids: tuple[str, ...]
     x_loops: tuple[str, ...]
     selected: frozenset[str] = frozenset()  # dynamic lists whose query selects a sender
+    roles: Mapping[str, frozenset[str]] = field(default_factory=lambda: MappingProxyType({}))  # by list name
+    automated: str = ""  # why the message is a bounce or an auto-reply, when it is one
 
 Rule = Callable[[Submission, ListConfig], "Verdict | None"]
 
@@ -44,10 +48,7 @@ def list_id(lst: ListConfig) -> str:
 
 
 def _roles(sub: Submission, lst: ListConfig) -> set[Role]:
-    roles: set[Role] = set()
-    for s in lst.spec.subscribers:
-        if s.address in sub.senders:
-            roles.update(s.roles)
+    roles = {Role(r) for r in sub.roles.get(lst.name, ())}
     if lst.name in sub.selected:  # a selected member of a dynamic list, by any of its addresses
         roles.add(Role.regular)
     return roles
@@ -69,6 +70,13 @@ def max_size(sub: Submission, lst: ListConfig) -> Verdict | None:
     return None
 
 
+def automated(sub: Submission, lst: ListConfig) -> Verdict | None:
+    """Bounces and auto-replies sent to the posting address are never distributed."""
+    if sub.automated:
+        return Verdict(Decision.discard, "automated", sub.automated)
+    return None
+
+
 def banned(sub: Submission, lst: ListConfig) -> Verdict | None:
     if Role.deny in _roles(sub, lst):
         return Verdict(Decision.reject, "deny", "sender is on the deny list",
@@ -82,23 +90,42 @@ def moderator(sub: Submission, lst: ListConfig) -> Verdict | None:
     return None
 
 
+def cross_poster(sub: Submission, lst: ListConfig) -> Verdict | None:
+    """Kavi's cross-posters: members of the lists named in spec.cross_posters may post to a discussion list."""
+    if lst.spec.type is not ListType.discussion:
+        return None
+    for other in lst.spec.cross_posters:
+        if set(sub.roles.get(other, ())) & {"regular", "digest", "poster", "moderator"}:
+            return Verdict(Decision.accept, "cross_poster", f"sender is a member of list {other}")
+    return None
+
+
+def _non_member(lst: ListConfig, rule: str, reason: str, refusal: str) -> Verdict:
+    action = lst.spec.non_members
+    if action is NonMembers.reject:
+        return Verdict(Decision.reject, rule, reason, f"550 5.7.1 {refusal}")
+    if action is NonMembers.discard:
+        return Verdict(Decision.discard, rule, reason)
+    return Verdict(Decision.hold, rule, reason + "; held for the moderators")
+
+
 def by_list_type(sub: Submission, lst: ListConfig) -> Verdict:
     roles = _roles(sub, lst)
     kind = lst.spec.type
     if kind is ListType.announce:
         if Role.poster in roles:
             return Verdict(Decision.accept, "poster", "sender may post to this announce list")
-        return Verdict(Decision.reject, "announce", "only moderators and posters may post",
-                       f"550 5.7.1 Only moderators may post to {lst.spec.address}")
+        return _non_member(lst, "announce", "only moderators and posters may post",
+                           f"Only moderators may post to {lst.spec.address}")
     if kind is ListType.moderated:
         return Verdict(Decision.hold, "moderated", "every post to a moderated list is held")
     if roles & {Role.regular, Role.digest, Role.poster, Role.allow}:
         return Verdict(Decision.accept, "member", "sender may post to this discussion list")
-    return Verdict(Decision.reject, "non_member", "sender is not a subscriber",
-                   f"550 5.7.1 Only subscribers may post to {lst.spec.address}")
+    return _non_member(lst, "non_member", "sender is not a subscriber",
+                       f"Only subscribers may post to {lst.spec.address}")
 
 
-CHAIN: tuple[Rule, ...] = (loop, max_size, banned, moderator, by_list_type)
+CHAIN: tuple[Rule, ...] = (loop, max_size, automated, banned, moderator, cross_poster, by_list_type)
 
 
 def decide(sub: Submission, lst: ListConfig) -> Verdict:

@@ -16,6 +16,7 @@ class Target(str, Enum):
     bounces = "bounces"  # LIST-bounces: kept for bounce processing
     request = "request"  # LIST-request: commands; answered
     command = "command"  # mailserver@DOMAIN: the server's command address
+    confirm = "confirm"  # LIST-confirm+TOKEN: answers a confirmation request or a moderation notice
     postmaster = "postmaster"
 
 
@@ -25,6 +26,7 @@ class Recipient:
     target: Target
     list: ListConfig | None = None
     subscriber: str | None = None  # for a VERP bounce address: whom the bounced copy was for
+    token: str | None = None  # for LIST-confirm+TOKEN
 
 
 @dataclass(frozen=True)
@@ -57,4 +59,8 @@ def accept_recipient(address: str, snapshot: Snapshot) -> Recipient | Refusal:
         found = snapshot.lists.get(f"{base}@{domain}")
         if found is not None:
             return Recipient(address, Target(suffix), found, unverp(token) if plus else None)
+    if dash and suffix == "confirm" and plus and token.isalnum():
+        found = snapshot.lists.get(f"{base}@{domain}")
+        if found is not None:
+            return Recipient(address, Target.confirm, found, token=token)
     return Refusal(550, "5.1.1 No such list or user here")

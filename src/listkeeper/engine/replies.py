@@ -24,36 +24,43 @@ def may_answer(message: RawMessage, mail_from: str) -> bool:
     return auto == "no" and precedence not in QUIET_PRECEDENCE and message.get("list-id") is None
 
 
-def request_reply(lst: ListConfig, message: RawMessage, sender: str, hostname: str, now: float) -> bytes:
-    """What LIST-request answers until mail commands exist (issue 7), and always for a dynamic list."""
-    spec = lst.spec
-    if spec.members is not None:
-        body = (f"The members of {spec.address} are chosen by the organisation's member directory each time a "
-                f"message is posted, so nobody can subscribe or unsubscribe by mail.\n\n"
-                f"To change whether you receive it, update your record in the member directory, or write to "
-                f"{lst.address_for('owner')}.\n")
-    else:
-        body = (f"Commands by mail are not available for {spec.address} yet; nothing was changed.\n\n"
-                f"To subscribe or unsubscribe, write to the list's owners at {lst.address_for('owner')}.\n")
-    return command_reply(lst.address_for("request"), spec.address, message, sender, hostname, now, body)
+def _wrapped(body: str) -> str:
+    def fill(line: str) -> str:
+        if line.startswith(("  ", "> ")):
+            return line
+        return textwrap.fill(line, 72, break_on_hyphens=False, break_long_words=False)
+    return "\n\n".join("\n".join(fill(line) for line in part.split("\n"))
+                       for part in body.strip().split("\n\n")) + "\n"
+
+
+def notice(from_address: str, to: str, subject: str, body: str, hostname: str, now: float, *,
+           reply_to: str | None = None, loop_marker: str | None = None, auto: str = "auto-generated",
+           in_reply_to: str | None = None) -> EmailMessage:
+    """A message the engine writes itself: dated, with our Message-ID, marked automatic (RFC 3834)."""
+    mail = EmailMessage(policy=SMTP)
+    mail["From"] = from_address
+    mail["To"] = to
+    mail["Subject"] = subject
+    mail["Date"] = format_datetime(datetime.fromtimestamp(now, timezone.utc))
+    mail["Message-ID"] = f"<{uuid.uuid4().hex}@{hostname}>"
+    if in_reply_to:
+        mail["In-Reply-To"] = in_reply_to
+        mail["References"] = in_reply_to
+    if reply_to:
+        mail["Reply-To"] = reply_to
+    mail["Auto-Submitted"] = auto
+    mail["Precedence"] = "list"
+    if loop_marker:
+        mail["X-Loop"] = loop_marker
+    text = _wrapped(body)
+    mail.set_content(text, cte="7bit" if text.isascii() else "quoted-printable")
+    return mail
 
 
 def command_reply(from_address: str, loop_marker: str, message: RawMessage, sender: str, hostname: str,
-                  now: float, body: str) -> bytes:
+                  now: float, body: str, reply_to: str | None = None) -> bytes:
     """Every command gets a reply: this one, marked as automatic so it starts no loop."""
-    reply = EmailMessage(policy=SMTP)
-    reply["From"] = from_address
-    reply["To"] = sender
     subject = message.get("subject") or ""
-    reply["Subject"] = f"Re: {subject}" if subject else "Your request"
-    reply["Date"] = format_datetime(datetime.fromtimestamp(now, timezone.utc))
-    reply["Message-ID"] = f"<{uuid.uuid4().hex}@{hostname}>"
-    if message.get("message-id"):
-        reply["In-Reply-To"] = message.get("message-id")
-    reply["Auto-Submitted"] = "auto-replied"
-    reply["Precedence"] = "list"
-    reply["X-Loop"] = loop_marker
-    text = "\n\n".join(textwrap.fill(part, 72, break_on_hyphens=False, break_long_words=False)
-                       for part in body.strip().split("\n\n")) + "\n"
-    reply.set_content(text, cte="7bit" if text.isascii() else "quoted-printable")
-    return reply.as_bytes()
+    return notice(from_address, sender, f"Re: {subject}" if subject else "Your request", body, hostname, now,
+                  reply_to=reply_to, loop_marker=loop_marker, auto="auto-replied",
+                  in_reply_to=message.get("message-id")).as_bytes()

@@ -16,6 +16,7 @@ from listkeeper.store.queue import InboundRecord, PostRecord
 
 from .events import tick as run_tick
 from .fanout import Refused, fan_out
+from .membership import look_up_in
 from .recipients import Recipient, accept_recipient
 from .smtp import ListHandler
 from .snapshot import Snapshot, load_snapshot
@@ -51,7 +52,7 @@ class Engine:
         loop = asyncio.get_running_loop()
         self.scheduler = Scheduler(self.store, self.current, inject=self.inject)
         self.spool = Spool(self.store, on_commit=self.scheduler.wake)
-        handler = ListHandler(self.current, self.spool, self.store.now)
+        handler = ListHandler(self.current, self.spool, self.store.now, self.store)
         hostname = self.snapshot.hostname()  # given, so aiosmtpd never calls getfqdn per connection
 
         def protocol() -> SMTP:
@@ -84,7 +85,9 @@ class Engine:
         for address in recipients:
             found = accept_recipient(address, snapshot)
             (local if isinstance(found, Recipient) else remote).append(found if isinstance(found, Recipient) else address)
-        record = fan_out(data, mail_from, local, snapshot, self.store.now()) if local else \
+        membership = await asyncio.to_thread(look_up_in, self.store, data, mail_from, local, snapshot,
+                                             self.store.now()) if local else None
+        record = fan_out(data, mail_from, local, snapshot, self.store.now(), membership) if local else \
             InboundRecord(mail_from, (), data, snapshot.generation, ())
         if isinstance(record, Refused):
             log.warning("engine mail to %s refused: %s", recipients, record.reply)

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from .fanout import Refused, fan_out
-from .membership import selected_lists
+from .membership import look_up_in
 from .recipients import Refusal, accept_recipient
 from .snapshot import Snapshot
 from .spool import Spool
@@ -18,7 +18,8 @@ log = logging.getLogger("listkeeper.smtp")
 
 
 class ListHandler:
-    def __init__(self, current: Callable[[], Snapshot], spool: Spool, clock: Callable[[], float]):
+    def __init__(self, current: Callable[[], Snapshot], spool: Spool, clock: Callable[[], float], store):
+        self._store = store
         self._current = current
         self._spool = spool
         self._clock = clock
@@ -49,9 +50,9 @@ class ListHandler:
         if isinstance(data, str):
             data = data.encode("utf-8", "surrogateescape")
         recipients = envelope.listkeeper_recipients
-        selected = await asyncio.to_thread(selected_lists, data, envelope.mail_from or "", recipients, snapshot,
-                                           self._clock())
-        outcome = fan_out(data, envelope.mail_from or "", recipients, snapshot, self._clock(), selected)
+        membership = await asyncio.to_thread(look_up_in, self._store, data, envelope.mail_from or "", recipients,
+                                             snapshot, self._clock())
+        outcome = fan_out(data, envelope.mail_from or "", recipients, snapshot, self._clock(), membership)
         if isinstance(outcome, Refused):
             log.info("smtp.refused from=%s rule=%s reply=%r", envelope.mail_from, outcome.rule, outcome.reply)
             return outcome.reply

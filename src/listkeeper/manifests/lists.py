@@ -7,7 +7,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from .common import Address, Manifest, Strict
+from .common import Address, Duration, Manifest, Strict
 from .directory import Members, criterion_problems
 from .events import EventSpec, event_problems
 
@@ -16,6 +16,12 @@ class ListType(str, Enum):
     announce = "announce"  # only moderators and posters post
     moderated = "moderated"  # every post is held, except the moderators'
     discussion = "discussion"  # subscribers post
+
+
+class NonMembers(str, Enum):
+    hold = "hold"  # held for the moderators (the default, as in Mailman)
+    reject = "reject"  # refused at SMTP time with 550
+    discard = "discard"  # dropped silently
 
 
 class Role(str, Enum):
@@ -33,6 +39,11 @@ class Subscriber(Strict):
     roles: list[Role] = Field(default_factory=lambda: [Role.regular], min_length=1)
 
 
+class Moderation(Strict):
+    expiry: Duration = Field(default=14 * 86400, description="A held post not decided by then is dropped, "
+                             "and its sender told so.")
+
+
 class MailingListSpec(Strict):
     address: Address = Field(description="The posting address, e.g. members@example.org.")
     type: ListType = Field(description="announce | moderated | discussion")
@@ -43,6 +54,15 @@ class MailingListSpec(Strict):
     max_message_size: int = Field(
         default=10 * 1024 * 1024, ge=1024, le=100 * 1024 * 1024, description="Bytes."
     )
+    non_members: NonMembers = Field(
+        default=NonMembers.hold, description="What happens to a post from someone who may not post: hold | reject | discard.")
+    cross_posters: list[str] = Field(
+        default_factory=list, description="Names of other lists whose members may post to this discussion list.")
+    moderation: Moderation = Field(default_factory=Moderation)
+    confirmation_expiry: Duration = Field(
+        default=7 * 86400, description="How long a subscribe or unsubscribe request by mail waits for its confirmation.")
+    autoresponse_limit: int = Field(
+        default=10, ge=1, le=1000, description="At most this many automatic replies to one address per day.")
     subscribers: list[Subscriber] = Field(default_factory=list)
     events: list[EventSpec] = Field(default_factory=list, description="User-defined list events.")
     members: Members | None = Field(
@@ -78,6 +98,9 @@ class MailingList(Manifest):
         if spec.members is not None:
             found.extend(_membership_problems(spec, index))
         found.extend(event_problems(spec.events))
+        for i, other in enumerate(spec.cross_posters):
+            if other not in index.lists:
+                found.append((("spec", "cross_posters", i), f"no MailingList named {other!r}"))
         domain = spec.address.rpartition("@")[2]
         if domain not in index.served_domains:
             found.append((("spec", "address"), f"domain {domain} is not served by any Domain resource"))

@@ -39,6 +39,7 @@ class Index:
     served_domains: frozenset[str]
     relays: frozenset[str]
     directories: dict = None  # name -> MemberDirectorySpec
+    lists: frozenset[str] = frozenset()  # MailingList names
 
 
 @dataclass(frozen=True)
@@ -171,6 +172,7 @@ def _cross_check(resources: list[Resource], docs: dict) -> list[ManifestError]:
         served_domains=frozenset(r.manifest.spec.domain for r in resources if r.kind == "Domain"),
         relays=frozenset(r.name for r in resources if r.kind == "Relay"),
         directories={r.name: r.manifest.spec for r in resources if r.kind == "MemberDirectory"},
+        lists=frozenset(r.name for r in resources if r.kind == "MailingList"),
     )
     errors: list[ManifestError] = []
     tables = [r for r in resources if r.kind == "RoutingTable"]

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from sqlalchemy.engine import Connection
 
 from listkeeper.store import config as applied_config
-from listkeeper.store import events
+from listkeeper.store import events, subscribers
 from listkeeper.store.config import AppliedResource
 
 from .desired import spec_hash
@@ -57,13 +57,9 @@ def apply(plan: Plan, conn: Connection, now: float,
         for item in upserts:
             if item.kind != "MailingList":
                 continue
-            if not item.spec.get("members"):
-                events.sync_subscribers(conn, item.name, receiving(item.spec), now)
+            subscribers.sync_manifest(conn, item.name, item.spec.get("subscribers", []), now)
             events.drop_events_except(conn, item.name, ["join", "post", *(e["name"] for e in item.spec.get("events", []))])
         return generation
     except applied_config.ResourceWriteFailed as exc:  # the transaction rolls back
         raise ApplyError(f"applying failed at {exc}; nothing was changed") from exc
 
-
-def receiving(spec) -> list[str]:
-    return [s["address"] for s in spec.get("subscribers", []) if {"regular", "digest"} & set(s.get("roles", []))]

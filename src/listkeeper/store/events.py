@@ -1,4 +1,4 @@
-"""Subscribers and event counters: who is eligible for an event is one set-based SQL statement."""
+"""Event counters: who is eligible for an event is one set-based SQL statement."""
 
 from __future__ import annotations
 
@@ -13,26 +13,8 @@ from listkeeper.manifests.events import Dependency, EventSpec
 from .tables import event_counters, event_fires, subscribers
 
 
-def sync_subscribers(conn: Connection, list_name: str, addresses: Iterable[str], now: float) -> list[str]:
-    """Make the manifest's subscribers the list's 'manifest' rows; returns who joined (and fires join)."""
-    wanted = set(addresses)
-    have = set(conn.execute(select(subscribers.c.address).where(
-        subscribers.c.list_name == list_name, subscribers.c.source == "manifest")).scalars())
-    joined = sorted(wanted - have)
-    gone = have - wanted
-    if gone:
-        conn.execute(delete(subscribers).where(subscribers.c.list_name == list_name,
-                                               subscribers.c.address.in_(gone)))
-    if joined:
-        conn.execute(insert(subscribers), [dict(list_name=list_name, address=a, source="manifest", joined_at=now)
-                                           for a in joined])
-        record_fires(conn, list_name, "join", joined, now)
-    return joined
-
-
-def is_subscriber(conn: Connection, list_name: str, address: str) -> bool:
-    return conn.execute(select(subscribers.c.address).where(
-        subscribers.c.list_name == list_name, subscribers.c.address == address)).first() is not None
+def _receiving():
+    return and_(subscribers.c.state == "active", subscribers.c.receives != "")
 
 
 def record_fires(conn: Connection, list_name: str, event: str, addresses: Sequence[str], now: float) -> None:
@@ -84,7 +66,7 @@ def eligible(list_name: str, event: EventSpec, now: float):
         due = or_(last.is_(None), last <= literal(now - event.repeat))
     else:
         due = _count(list_name, event.name) == 0  # no repeat: once per subscriber
-    return (select(subscribers.c.address).where(subscribers.c.list_name == list_name, holds, due)
+    return (select(subscribers.c.address).where(subscribers.c.list_name == list_name, _receiving(), holds, due)
             .order_by(subscribers.c.address))
 
 
@@ -100,7 +82,8 @@ def counters(conn: Connection, list_name: str, addresses: Sequence[str] | None =
 
 
 def list_subscribers(conn: Connection, list_name: str) -> list[str]:
-    return list(conn.execute(select(subscribers.c.address).where(subscribers.c.list_name == list_name)
+    """Who receives the list now (posts or digests): the members events fire for."""
+    return list(conn.execute(select(subscribers.c.address).where(subscribers.c.list_name == list_name, _receiving())
                              .order_by(subscribers.c.address)).scalars())
 
 
@@ -135,7 +118,7 @@ def record_many(conn: Connection, event: str, fires: Iterable[tuple[str, str]], 
         return
     lists = {name for name, _ in wanted}
     members = set(tuple(r) for r in conn.execute(select(subscribers.c.list_name, subscribers.c.address).where(
-        subscribers.c.list_name.in_(lists), subscribers.c.address.in_({a for _, a in wanted}))))
+        subscribers.c.list_name.in_(lists), subscribers.c.address.in_({a for _, a in wanted}), _receiving())))
     counted = {key: n for key, n in wanted.items() if key in members}
     if not counted:
         return

@@ -13,7 +13,7 @@ from sqlalchemy.engine import Connection
 from listkeeper.manifests.addresses import verp
 
 from . import events
-from .tables import deliveries, messages
+from .tables import deliveries, digest_pending, holds, messages
 
 INSERT_CHUNK = 2000
 
@@ -27,12 +27,24 @@ class PostRecord:
     reason: str
     data: bytes
     return_path: str
-    recipients: tuple[str, ...] | Callable[[], Iterable[str]]  # a callable streams a dynamic list's selection
+    # a callable is given the spool's connection and streams who receives it (the store's subscribers,
+    # a dynamic list's selection) when the post is written: never a Python list of every member
+    recipients: tuple[str, ...] | Callable[[Connection], Iterable[str]]
     verp: bool = False  # each recipient's return path names it (bounce attribution)
     poster: str | None = None  # a subscriber whose accepted post fires the list's 'post' event
+    hold: "Hold | None" = None  # a post held for moderation: its token and what the moderators are told
+    digest: bool = False  # an accepted list post: also kept for the list's digest members
 
-    def each_recipient(self) -> Iterable[str]:
-        return self.recipients() if callable(self.recipients) else self.recipients
+    def each_recipient(self, conn: Connection) -> Iterable[str]:
+        return self.recipients(conn) if callable(self.recipients) else self.recipients
+
+
+@dataclass(frozen=True)
+class Hold:
+    token: str
+    sender: str
+    subject: str
+    expires_at: float
 
 
 @dataclass(frozen=True)
@@ -42,7 +54,8 @@ class InboundRecord:
     data: bytes
     generation: int
     posts: tuple[PostRecord, ...]
-    then: tuple[Callable[[Connection, float], None], ...] = ()  # done in the same transaction (a mail command)
+    # done in the same transaction (a mail command); may return more posts to spool (its replies)
+    then: tuple[Callable[[Connection, float], "Iterable[PostRecord] | None"], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -77,31 +90,58 @@ def spool(conn: Connection, records: Iterable[InboundRecord], now: float) -> lis
               recipients=json.dumps(list(r.recipients)), reason=None, generation=r.generation,
               size=len(r.data), data=r.data, created_at=now) for r in records],
     ).scalars().all()
-    posts = [(inbound_id, r.generation, p) for inbound_id, r in zip(inbound_ids, records) for p in r.posts]
+    insert_posts(conn, [(inbound_id, r.generation, p) for inbound_id, r in zip(inbound_ids, records)
+                        for p in r.posts], now)
+    for inbound_id, record in zip(inbound_ids, records):
+        for action in record.then:
+            more = action(conn, now)
+            if more:
+                insert_posts(conn, [(inbound_id, record.generation, p) for p in more], now)
+    return list(inbound_ids)
+
+
+def _delivery_statement(conn: Connection) -> str:
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    return (f"INSERT INTO {deliveries.name} (message_id, recipient, return_path, state, attempts, "
+            f"next_attempt_at, created_at, updated_at) VALUES ({', '.join([mark] * 8)})")
+
+
+def insert_deliveries(conn: Connection, message_id: int, recipients: Iterable[str], return_path: str,
+                      verp_each: bool, now: float) -> None:
+    rows = ((message_id, rcpt, verp(return_path, rcpt) if verp_each else return_path, "queued", 0, now, now, now)
+            for rcpt in recipients)
+    statement = _delivery_statement(conn)
+    while chunk := list(islice(rows, INSERT_CHUNK)):
+        conn.exec_driver_sql(statement, chunk)
+
+
+def insert_posts(conn: Connection, posts: list[tuple[int | None, int, PostRecord]], now: float) -> list[int]:
+    """Posts (each with its parent message and generation), their deliveries, holds and digest entries."""
     if not posts:
-        for record in records:
-            for action in record.then:
-                action(conn, now)
-        return list(inbound_ids)
+        return []
     post_ids = conn.execute(
         insert(messages).returning(messages.c.id, sort_by_parameter_order=True),
         [dict(kind="post", state=p.state, parent_id=parent, list_name=p.list_name, mail_from=p.return_path,
-              recipients="[]" if callable(p.recipients) else json.dumps(list(p.recipients)), reason=p.reason, generation=generation,
-              size=len(p.data), data=p.data, created_at=now) for parent, generation, p in posts],
+              recipients="[]" if callable(p.recipients) else json.dumps(list(p.recipients)), reason=p.reason,
+              generation=generation, size=len(p.data), data=p.data, created_at=now) for parent, generation, p in posts],
     ).scalars().all()
     rows = ((post_id, rcpt, verp(p.return_path, rcpt) if p.verp else p.return_path, "queued", 0, now, now, now)
-            for post_id, (_, _, p) in zip(post_ids, posts) if p.state == "queued" for rcpt in p.each_recipient())
-    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    statement = (f"INSERT INTO {deliveries.name} (message_id, recipient, return_path, state, attempts, "
-                 f"next_attempt_at, created_at, updated_at) VALUES ({', '.join([mark] * 8)})")
+            for post_id, (_, _, p) in zip(post_ids, posts) if p.state == "queued" for rcpt in p.each_recipient(conn))
+    statement = _delivery_statement(conn)
     while chunk := list(islice(rows, INSERT_CHUNK)):  # a big fan-out never holds every row at once
         conn.exec_driver_sql(statement, chunk)  # plain tuples: the hot path of a large fan-out
     events.record_many(conn, "post", ((p.list_name, p.poster) for _, _, p in posts
                                       if p.poster and p.state == "queued"), now)
-    for record in records:
-        for action in record.then:
-            action(conn, now)
-    return list(inbound_ids)
+    held = [dict(token=p.hold.token, message_id=post_id, list_name=p.list_name, sender=p.hold.sender,
+                 subject=p.hold.subject, reason=p.reason, created_at=now, expires_at=p.hold.expires_at)
+            for post_id, (_, _, p) in zip(post_ids, posts) if p.hold is not None]
+    if held:
+        conn.execute(insert(holds), held)
+    pending = [dict(list_name=p.list_name, message_id=post_id, size=len(p.data), added_at=now)
+               for post_id, (_, _, p) in zip(post_ids, posts) if p.digest and p.state == "queued"]
+    if pending:
+        conn.execute(insert(digest_pending), pending)
+    return list(post_ids)
 
 
 def release_expired(conn: Connection, now: float) -> int:

@@ -76,14 +76,110 @@ suppressions = Table(
     Column("added_at", Float, nullable=False),
 )
 
-# a list's subscribers as rows, so events are evaluated with set-based SQL
+# a list's subscribers: runtime data the engine owns (manifest rows are synced on apply)
 subscribers = Table(
     "subscribers", metadata,
     Column("list_name", String(253), primary_key=True),
     Column("address", String(254), primary_key=True),
-    Column("source", String(16), nullable=False),  # manifest (later: mail, directory)
+    Column("source", String(16), nullable=False),  # manifest | mail | web | import | cli
     Column("joined_at", Float, nullable=False),
+    Column("name", Text, nullable=True),
+    Column("roles", String(100), nullable=False, server_default="regular"),  # sorted, comma-separated
+    Column("receives", String(8), nullable=False, server_default="post"),  # post | digest | '' (nothing)
+    Column("state", String(16), nullable=False, server_default="active"),  # active | unsubscribed | disabled
+    Column("bounce_score", Float, nullable=False, server_default="0"),
+    Column("bounce_last_at", Float, nullable=True),
+    Column("updated_at", Float, nullable=False, server_default="0"),
 )
+Index("ix_subscribers_receives", subscribers.c.list_name, subscribers.c.receives, subscribers.c.state)
+
+# every subscription change, for the subscriptions report
+subscription_changes = Table(
+    "subscription_changes", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("list_name", String(253), nullable=False),
+    Column("address", String(254), nullable=False),
+    Column("action", String(16), nullable=False),  # join | leave | digest_on | digest_off | disabled | roles
+    Column("source", String(16), nullable=False),  # manifest | mail | web | import | bounce | cli
+    Column("detail", Text, nullable=True),
+    Column("at", Float, nullable=False),
+)
+Index("ix_subscription_changes_at", subscription_changes.c.at)
+
+# pending confirmations of subscribe / unsubscribe by mail (LIST-confirm+TOKEN@)
+confirmations = Table(
+    "confirmations", metadata,
+    Column("token", String(64), primary_key=True),
+    Column("list_name", String(253), nullable=False),
+    Column("address", String(254), nullable=False),
+    Column("action", String(16), nullable=False),  # subscribe | unsubscribe
+    Column("detail", Text, nullable=True),  # JSON: e.g. {"digest": true, "name": ...}
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("used_at", Float, nullable=True),
+)
+
+# posts held for moderation, with the token moderators answer with
+holds = Table(
+    "holds", metadata,
+    Column("token", String(64), primary_key=True),
+    Column("message_id", Integer, ForeignKey("messages.id"), nullable=False),
+    Column("list_name", String(253), nullable=False),
+    Column("sender", Text, nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("decided_at", Float, nullable=True),
+    Column("decision", String(16), nullable=True),  # approved | rejected | discarded | expired
+    Column("decided_by", Text, nullable=True),
+)
+Index("ix_holds_list", holds.c.list_name, holds.c.decided_at)
+
+# automatic replies sent per address per day (a limit stops backscatter and reply loops)
+autoresponses = Table(
+    "autoresponses", metadata,
+    Column("address", String(254), primary_key=True),
+    Column("day", String(10), primary_key=True),
+    Column("count", Integer, nullable=False),
+)
+
+# every bounce attributed to a subscriber, and whether it counted towards the score
+bounces = Table(
+    "bounces", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("list_name", String(253), nullable=False),
+    Column("address", String(254), nullable=False),
+    Column("kind", String(8), nullable=False),  # hard | soft
+    Column("counted", Integer, nullable=False),
+    Column("message_id", Integer, nullable=True),
+    Column("detail", Text, nullable=True),
+    Column("at", Float, nullable=False),
+)
+Index("ix_bounces_list", bounces.c.list_name, bounces.c.address)
+
+# accepted posts not yet sent to the list's digest members
+digest_pending = Table(
+    "digest_pending", metadata,
+    Column("list_name", String(253), primary_key=True),
+    Column("message_id", Integer, ForeignKey("messages.id"), primary_key=True),
+    Column("size", Integer, nullable=False),
+    Column("added_at", Float, nullable=False),
+)
+
+# inbound mail refused at SMTP time, with the rule and reason (the barring report)
+refusals = Table(
+    "refusals", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False),
+    Column("peer", Text, nullable=True),
+    Column("mail_from", Text, nullable=False),
+    Column("recipients", Text, nullable=False),
+    Column("rule", String(64), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("reply", Text, nullable=False),
+)
+Index("ix_refusals_at", refusals.c.at)
 
 # how often each event fired for each subscriber, and when last
 event_counters = Table(
