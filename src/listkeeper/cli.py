@@ -400,15 +400,26 @@ def _moment(value: str | None) -> float:
 @store_option
 @click.option("--at", "at", metavar="TIME", help="Evaluate as of this moment (ISO, UTC unless given).")
 def tick(store_url, at) -> None:
-    """Run one evaluation of every list's events (what serve does every tick)."""
+    """Run one evaluation of every list's events and one round of the periodic jobs (moderation
+    expiry, digests, ...): what serve does on its own."""
     from listkeeper.engine.events import tick as run_tick
+    from listkeeper.engine.housekeeping import run_round
     from listkeeper.engine.snapshot import load_snapshot
     with _store(store_url) as store:
-        fired = run_tick(store, load_snapshot(store), _moment(at))
+        snapshot = load_snapshot(store)
+        moment = _moment(at)
+        fired = run_tick(store, snapshot, moment)
+        done = run_round(store, snapshot, moment)
     for item in fired:
         click.echo(f"{item.list_name}/{item.event}: fired for {len(item.addresses)}")
-    if not fired:
+    for job, count in done.queued.items():
+        click.echo(f"{job}: queued {count} message(s)")
+    for job in done.failed:
+        click.echo(f"{job}: failed (see the log)", err=True)
+    if not fired and not done.queued:
         click.echo("Nothing was due.")
+    if done.failed:
+        raise SystemExit(1)
 
 
 @main.group()

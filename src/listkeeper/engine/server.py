@@ -15,6 +15,7 @@ from listkeeper.store import Store
 from listkeeper.store.queue import InboundRecord, PostRecord
 
 from .events import tick as run_tick
+from .housekeeping import run_round
 from .fanout import Refused, fan_out
 from .membership import look_up_in
 from .recipients import Recipient, accept_recipient
@@ -31,6 +32,7 @@ class ServeOptions:
     port: int = 2525
     data_size_limit: int = 64 * 1024 * 1024
     tick_interval: float = 300.0  # list events are evaluated this often
+    housekeeping_interval: float = 60.0  # moderation expiry, digests, archives ... run this often
 
 
 @dataclass
@@ -62,6 +64,14 @@ class Engine:
         self.server = await loop.create_server(protocol, host=self.options.host, port=self.options.port)
         self.tasks.append(asyncio.create_task(self.scheduler.run(), name="delivery-scheduler"))
         self.tasks.append(asyncio.create_task(self._ticks(), name="event-ticks"))
+        self.tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.housekeeping_interval)
+            done = await asyncio.to_thread(run_round, self.store, self.snapshot, self.store.now())
+            if done.queued:
+                self.scheduler.wake()
 
     async def _ticks(self) -> None:
         """List events fire within one tick of their dependencies being met."""
