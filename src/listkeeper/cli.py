@@ -423,6 +423,72 @@ def tick(store_url, at) -> None:
 
 
 @main.group()
+def moderation() -> None:
+    """Held posts: list them, approve, reject or discard (as moderators do by mail)."""
+
+
+@moderation.command("list")
+@click.argument("list_name", required=False)
+@store_option
+def moderation_list(list_name, store_url) -> None:
+    """Held posts with their tokens, oldest first."""
+    import datetime
+    from listkeeper.engine import moderation as held
+    with _store(store_url) as store:
+        with store.engine.connect() as conn:
+            rows = held.pending(conn, list_name)
+    if not rows:
+        click.echo("No posts are held." if list_name is None else f"No posts of {list_name} are held.")
+        return
+    click.echo(f"{'token':<26}{'list':<16}{'held at (UTC)':<22}{'sender':<32}subject / reason")
+    for row in rows:
+        when = datetime.datetime.fromtimestamp(row["created_at"], datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        click.echo(f"{row['token']:<26}{row['list_name']:<16}{when:<22}{row['sender']:<32}{row['subject']}")
+        click.echo(f"{'':<64}{row['reason']}")
+
+
+def _moderate(token: str, decision: str, reason: str, store_url) -> None:
+    from listkeeper.engine import moderation as held
+    from listkeeper.engine.snapshot import load_snapshot
+    from listkeeper.store import queue as store_queue
+    with _store(store_url) as store:
+        snapshot = load_snapshot(store)
+        now = store.now()
+        with store.engine.begin() as conn:
+            found = held.find(conn, token)
+            if found is None:
+                raise click.ClickException(f"no post is held with token {token}")
+            outcome = held.decide(conn, snapshot, token, decision, "cli", now, reason)
+            store_queue.insert_posts(conn, [(found["message_id"], snapshot.generation, p) for p in outcome.posts], now)
+    click.echo(outcome.text)
+
+
+@moderation.command("approve")
+@click.argument("token")
+@store_option
+def moderation_approve(token, store_url) -> None:
+    """Distribute a held post to the list's members of now."""
+    _moderate(token, "approve", "", store_url)
+
+
+@moderation.command("reject")
+@click.argument("token")
+@click.option("--reason", default="", help="Told to the sender.")
+@store_option
+def moderation_reject(token, reason, store_url) -> None:
+    """Refuse a held post; its sender is told, with the reason."""
+    _moderate(token, "reject", reason, store_url)
+
+
+@moderation.command("discard")
+@click.argument("token")
+@store_option
+def moderation_discard(token, store_url) -> None:
+    """Drop a held post silently (spam)."""
+    _moderate(token, "discard", "", store_url)
+
+
+@main.group()
 def events() -> None:
     """List events: counters and firing by hand."""
 

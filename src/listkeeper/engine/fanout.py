@@ -32,6 +32,7 @@ LIST_HEADERS = ("list-id", "list-post", "list-unsubscribe", "list-help", "list-o
 class Refused:
     reply: str
     rule: str
+    reason: str = ""
 
 
 def senders_of(message: RawMessage, mail_from: str) -> frozenset[str]:
@@ -120,7 +121,7 @@ def fan_out(data: bytes, mail_from: str, recipients: list[Recipient], snapshot: 
             log.info("policy list=%s from=%s decision=%s rule=%s reason=%s", lst.name, mail_from or "<>",
                      verdict.decision.value, verdict.rule, verdict.reason)
             if verdict.decision is Decision.reject:
-                return Refused(verdict.reply, verdict.rule)
+                return Refused(verdict.reply, verdict.rule, verdict.reason)
             state = {Decision.accept: "queued", Decision.hold: "held", Decision.discard: "discarded"}[verdict.decision]
             hostname = snapshot.hostname(lst.domain)
             copy = list_copy(message, lst, hostname, now)

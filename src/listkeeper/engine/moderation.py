@@ -46,8 +46,8 @@ def hold_notice(lst: ListConfig, hold: Hold, reason: str, message: RawMessage, h
             f"'reject {hold.token} REASON' or 'discard {hold.token}' to {lst.address_for('request')}, or run "
             f"'listkeeper moderation approve {hold.token}'.\n\n"
             f"Undecided, it expires in {int((hold.expires_at - now) // 86400)} days and its sender is told so.")
-    mail = notice(lst.address_for("request"), lst.address_for("owner"), f"confirm {hold.token}: post to "
-                  f"{lst.spec.address} from {hold.sender} held", body, hostname, now, reply_to=confirm,
+    mail = notice(lst.address_for("request"), lst.address_for("owner"), f"confirm {hold.token}: held post to "
+                  f"{lst.spec.address} from {hold.sender}: {' '.join(hold.subject.split())[:80] or '(no subject)'}", body, hostname, now, reply_to=confirm,
                   loop_marker=lst.spec.address)
     mail.make_mixed()
     held = message_from_bytes(message.to_bytes(), policy=SMTP)

@@ -8,7 +8,11 @@ from collections.abc import Callable
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from .fanout import Refused, fan_out
+from listkeeper.store import refusals
+
+from .barring import barred_sender, barred_size
+from .fanout import Refused, fan_out, senders_of
+from .headers import RawMessage
 from .membership import look_up_in
 from .recipients import Refusal, accept_recipient
 from .snapshot import Snapshot
@@ -32,6 +36,33 @@ class ListHandler:
             session.listkeeper_snapshot = snapshot
         return snapshot
 
+    async def _refuse(self, session: Session, mail_from: str, recipients, rule: str, reason: str, reply: str) -> str:
+        """Every refusal of inbound mail is logged and recorded with its rule (the barring report)."""
+        peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer or "")
+        log.info("smtp.refused from=%s peer=%s rule=%s reason=%s reply=%r", mail_from or "<>", peer, rule, reason, reply)
+        try:
+            await asyncio.to_thread(self._record_refusal, peer, mail_from, list(recipients), rule, reason, reply)
+        except Exception:  # recording is best effort; the refusal itself stands
+            log.exception("could not record the refusal")
+        return reply
+
+    def _record_refusal(self, peer, mail_from, recipients, rule, reason, reply) -> None:
+        with self._store.engine.begin() as conn:
+            refusals.record(conn, self._clock(), peer, mail_from, recipients, rule, reason, reply)
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str,
+                          mail_options: list[str]) -> str:
+        snapshot = self._snapshot(session)
+        barred = barred_sender([address], snapshot.barring)
+        if barred is None:
+            declared = next((o.partition("=")[2] for o in mail_options if o.upper().startswith("SIZE=")), "")
+            barred = barred_size(int(declared), snapshot.barring) if declared.isdigit() else None
+        if barred is not None:
+            return await self._refuse(session, address, (), barred.rule, barred.reason, barred.reply)
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
                           rcpt_options: list[str]) -> str:
         result = accept_recipient(address, self._snapshot(session))
@@ -50,12 +81,17 @@ class ListHandler:
         if isinstance(data, str):
             data = data.encode("utf-8", "surrogateescape")
         recipients = envelope.listkeeper_recipients
+        barred = barred_size(len(data), snapshot.barring) or barred_sender(
+            senders_of(RawMessage.parse(data), ""), snapshot.barring)
+        if barred is not None:
+            return await self._refuse(session, envelope.mail_from or "", envelope.rcpt_tos, barred.rule,
+                                      barred.reason, barred.reply)
         membership = await asyncio.to_thread(look_up_in, self._store, data, envelope.mail_from or "", recipients,
                                              snapshot, self._clock())
         outcome = fan_out(data, envelope.mail_from or "", recipients, snapshot, self._clock(), membership)
         if isinstance(outcome, Refused):
-            log.info("smtp.refused from=%s rule=%s reply=%r", envelope.mail_from, outcome.rule, outcome.reply)
-            return outcome.reply
+            return await self._refuse(session, envelope.mail_from or "", envelope.rcpt_tos, outcome.rule,
+                                      outcome.reason, outcome.reply)
         try:
             message_id = await self._spool.submit(outcome)
         except Exception:

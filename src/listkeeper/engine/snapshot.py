@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from listkeeper.manifests.barring import BarringSpec
 from listkeeper.manifests.common import API_VERSION
 from listkeeper.manifests.directory import MemberDirectorySpec
 from listkeeper.manifests.domains import DomainSpec
@@ -45,6 +46,7 @@ class Snapshot:
     suppressed_addresses: frozenset[str] = frozenset()
     suppressed_domains: tuple[str, ...] = ()
     directories: Mapping[str, MemberDirectorySpec] = field(default_factory=lambda: MappingProxyType({}))
+    barring: tuple[BarringSpec, ...] = ()
 
     def hostname(self, domain: str | None = None) -> str:
         if domain in self.domains:
@@ -67,6 +69,7 @@ def load_snapshot(store: Store) -> Snapshot:
     addresses: set[str] = set()
     patterns: list[str] = []
     directories: dict[str, MemberDirectorySpec] = {}
+    barring: list[BarringSpec] = []
     for (kind, name), item in sorted(applied.items()):
         spec = _spec(kind, name, item.spec)
         if kind == "Domain":
@@ -79,9 +82,11 @@ def load_snapshot(store: Store) -> Snapshot:
             routes, delivery, dns_settings = tuple(spec.routes), spec.delivery, spec.dns
         elif kind == "MemberDirectory":
             directories[name] = spec
+        elif kind == "Barring":
+            barring.append(spec)
         elif kind == "SuppressionList":
             addresses.update(spec.addresses)
             patterns.extend(spec.domains)
     return Snapshot(generation, MappingProxyType(domains), MappingProxyType(lists), routes,
                     MappingProxyType(relays), delivery, dns_settings, frozenset(addresses), tuple(patterns),
-                    MappingProxyType(directories))
+                    MappingProxyType(directories), tuple(barring))

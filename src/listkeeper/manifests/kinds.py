@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .barring import Barring
 from .common import Manifest
 from .directory import MemberDirectory
 from .domains import Domain
@@ -10,5 +11,5 @@ from .routes import Relay, RoutingTable
 from .suppression import SuppressionList
 
 KINDS: dict[str, type[Manifest]] = {
-    cls.KIND: cls for cls in (Domain, MailingList, MemberDirectory, RoutingTable, Relay, SuppressionList)
+    cls.KIND: cls for cls in (Barring, Domain, MailingList, MemberDirectory, RoutingTable, Relay, SuppressionList)
 }
