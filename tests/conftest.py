@@ -79,5 +79,10 @@ async def engine_for(tmp_path: Path, store_url: str):
 
     yield start
     for engine in started:
-        await engine.stop()
+        try:
+            await asyncio.wait_for(engine.stop(), timeout=20)
+        except asyncio.TimeoutError:  # say what hangs instead of hanging the whole run
+            for task in asyncio.all_tasks():
+                task.print_stack()
+            raise
         engine.store.close()
