@@ -382,6 +382,68 @@ def members_show(list_name, store_url, preview, limit) -> None:
         click.echo(f"  … and {total - len(addresses)} more")
 
 
+@members.command("enable")
+@click.argument("list_name")
+@click.argument("address")
+@store_option
+def members_enable(list_name, address, store_url) -> None:
+    """Deliver to a member again whose delivery was disabled (e.g. by bounces); clears their bounce score."""
+    from listkeeper.store import subscribers
+    with _store(store_url) as store:
+        with store.engine.begin() as conn:
+            member = subscribers.get(conn, list_name, address)
+            enabled = subscribers.enable(conn, list_name, address, store.now(), "cli")
+    if member is None:
+        raise click.ClickException(f"{address} is not a member of {list_name}")
+    if not enabled:
+        raise click.ClickException(f"{address} is {member.state} on {list_name}, not disabled; nothing changed")
+    click.echo(f"{member.address}: delivery of {list_name} enabled again; bounce score cleared.")
+
+
+def _when(ts: float | None) -> str:
+    import datetime
+    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M") if ts else "-"
+
+
+@main.command("bounces")
+@click.argument("list_name")
+@click.option("--member", "member", metavar="ADDRESS", help="This subscriber's bounces, newest first.")
+@click.option("--all", "everyone", is_flag=True, help="Every subscriber, also those who never bounced.")
+@store_option
+def bounces_cmd(list_name, member, everyone, store_url) -> None:
+    """A list's bounce scores: address, score, last bounce, delivery state."""
+    from listkeeper.engine.snapshot import load_snapshot
+    from listkeeper.store import bounces as store_bounces
+    with _store(store_url) as store:
+        lst = next((item for item in load_snapshot(store).lists.values() if item.name == list_name), None)
+        if lst is None:
+            raise click.ClickException(f"no list {list_name!r} in the applied configuration")
+        now = store.now()
+        with store.engine.connect() as conn:
+            if member:
+                rows = store_bounces.history(conn, list_name, member.lower())
+            else:
+                rows = store_bounces.entries(conn, list_name, everyone)
+    rules = lst.spec.bounces
+    if member:
+        for row in rows:
+            click.echo(f"{_when(row['at'])}  {row['kind']:<5} {'counted' if row['counted'] else 'ignored':<8} "
+                       f"{row['detail'] or ''}")
+        if not rows:
+            click.echo(f"No bounces recorded for {member} on {list_name}.")
+        return
+    click.echo(f"{list_name}: disabled at {rules.threshold:g}; hard +{rules.hard:g}, soft +{rules.soft:g}, once a day; "
+               f"stale after {rules.stale_after / 86400:g} day(s) without a bounce")
+    if not rows:
+        click.echo("No subscriber has bounced.")
+        return
+    click.echo(f"{'address':<40} {'score':>6}  {'last bounce':<17} {'hard':>5} {'soft':>5}  state")
+    for e in rows:
+        stale = e.state == "active" and e.score and e.last_at is not None and now - e.last_at >= rules.stale_after
+        click.echo(f"{e.address:<40} {e.score:>6g}  {_when(e.last_at):<17} {e.hard:>5} {e.soft:>5}  {e.state}"
+                   + (" (score stale)" if stale else ""))
+
+
 def _moment(value: str | None) -> float:
     import datetime
     if not value:

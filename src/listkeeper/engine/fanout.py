@@ -143,7 +143,7 @@ def fan_out(data: bytes, mail_from: str, recipients: list[Recipient], snapshot: 
         elif rcpt.target is Target.bounces:
             whom = f" for {rcpt.subscriber}" if rcpt.subscriber else ""
             posts.append(PostRecord(lst.name, "bounce", f"bounce{whom}: kept for bounce processing", data,
-                                    "", ()))
+                                    "", (rcpt.address,)))  # the address it came to; read by engine/bounces.py
         elif rcpt.target in (Target.request, Target.command, Target.confirm):
             posts.append(PostRecord(lst.name if lst else "", "request", rcpt.target.value, data, "", ()))
             actions.append(commands.action(rcpt, message, mail_from, senders, snapshot, now))

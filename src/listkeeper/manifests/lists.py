@@ -44,6 +44,20 @@ class Moderation(Strict):
                              "and its sender told so.")
 
 
+class Bounces(Strict):
+    """How bounces count against a subscriber, as Mailman's operators know it."""
+
+    threshold: float = Field(default=5.0, gt=0, le=1000, description="Delivery to a subscriber is disabled "
+                             "(and the list's owner told) when their bounce score reaches this.")
+    hard: float = Field(default=1.0, ge=0, le=1000, description="Added to the score by a hard (permanent) bounce.")
+    soft: float = Field(default=0.5, ge=0, le=1000, description="Added to the score by a soft (temporary) bounce, "
+                        "e.g. a delay warning. A score grows at most once a day (UTC) per subscriber.")
+    stale_after: Duration = Field(default=7 * 86400, gt=0, description="After this long without a bounce the score "
+                                  "is stale: it is set back to zero, and the next bounce starts from there.")
+    notify_owner: bool = Field(default=True, description="Tell the list's owner (its moderators) when a "
+                               "subscriber's delivery is disabled.")
+
+
 class MailingListSpec(Strict):
     address: Address = Field(description="The posting address, e.g. members@example.org.")
     type: ListType = Field(description="announce | moderated | discussion")
@@ -64,6 +78,7 @@ class MailingListSpec(Strict):
     autoresponse_limit: int = Field(
         default=10, ge=1, le=1000, description="At most this many automatic replies to one address per day.")
     subscribers: list[Subscriber] = Field(default_factory=list)
+    bounces: Bounces = Field(default_factory=Bounces, description="Bounce scores and when delivery is disabled.")
     events: list[EventSpec] = Field(default_factory=list, description="User-defined list events.")
     members: Members | None = Field(
         default=None, description="A dynamic list: regular members are the query's selection at post time.")
