@@ -465,7 +465,7 @@ def events_fire(list_name, event_name, members, everyone, at, store_url) -> None
     click.echo(f"{fired.list_name}/{fired.event}: fired for {len(fired.addresses)}")
 
 
-# -- digests -------------------------------------------------------------------------------------------------
+# -- digests and the archive -------------------------------------------------------------------------------
 
 def _applied_list(snapshot, list_name: str):
     lst = next((item for item in snapshot.lists.values() if item.name == list_name), None)
@@ -543,3 +543,36 @@ def digest_status(list_names, at, store_url) -> None:
         sent = f"last: Vol {last.volume}, Issue {last.issue} at {_when(last.sent_at)}" if last else "none sent yet"
         click.echo(f"{lst.name}: {upcoming}; {sent}; schedule {settings.schedule!r} {settings.timezone}"
                    + ("" if members else "; no digest members"))
+
+
+@main.command("archive")
+@click.argument("list_name")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(0), help="Posts to show, newest last.")
+@store_option
+def archive_list(list_name, limit, store_url) -> None:
+    """The list's archive: date, sender, subject and Message-ID of its last posts, newest last."""
+    from listkeeper.engine.archive import entries
+    from listkeeper.engine.snapshot import load_snapshot
+    from listkeeper.store import archive as store_archive
+    with _store(store_url) as store:
+        lst = _applied_list(load_snapshot(store), list_name)
+        with store.engine.connect() as conn:
+            waiting = store_archive.pending_count(conn, list_name)
+    settings = lst.spec.archive
+    path = settings.location(list_name)
+    if not settings.enabled:
+        click.echo(f"{list_name} keeps no archive (spec.archive.enabled is false).")
+        return
+    try:
+        found, total = entries(lst, limit)
+    except OSError as exc:
+        raise click.ClickException(f"cannot read the archive {path}: {exc}") from None
+    click.echo(f"{list_name}: {total} post(s) in {path} ({settings.format.value})"
+               + (f"; the last {len(found)}:" if found else "."))
+    for e in found:
+        sender = e.sender if len(e.sender) <= 32 else e.sender[:31] + "…"
+        subject = e.subject if len(e.subject) <= 48 else e.subject[:47] + "…"
+        click.echo(f"  {e.date:<16}  {sender:<32}  {subject:<48}  {e.message_id}")
+    if waiting:
+        click.echo(f"{waiting} accepted post(s) not archived yet: the next housekeeping round writes them "
+                   f"(serve runs one every minute; or run 'listkeeper tick').")

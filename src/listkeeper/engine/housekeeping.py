@@ -17,7 +17,7 @@ from listkeeper.store import autoresponses
 from listkeeper.store import queue as store_queue
 from listkeeper.store.queue import PostRecord
 
-from . import digests, moderation
+from . import archive, digests, moderation
 from .snapshot import Snapshot
 
 log = logging.getLogger("listkeeper.housekeeping")
@@ -33,6 +33,7 @@ def _forget_old_autoresponses(conn: Connection, snapshot: Snapshot, now: float) 
 JOBS: dict[str, Job] = {
     "moderation.expire": moderation.expire,
     "autoresponses.forget": _forget_old_autoresponses,
+    "archive.write": archive.archive_pending,
     "digests.send": digests.send_due,
 }
 
