@@ -217,3 +217,25 @@ def test_two_lists_cannot_share_an_archive(tmp_path):
     (error,) = info.value.errors
     assert ": spec.archive.path: shared is already the archive of MailingList 'members' at " in str(error)
     assert str(error).startswith(f"{tmp_path / 'conf' / 'lists.yaml'}:24:")  # board's archive line
+
+
+def test_rename_and_purge_of_a_list_carry_its_digest_and_archive_rows(store_url):
+    from listkeeper.store import Store, config, queue
+    from listkeeper.store.tables import digest_pending, resources
+    store = Store.open(store_url)
+    now = store.now()
+    with store.engine.begin() as conn:
+        conn.execute(insert(resources).values(kind="MailingList", name="old", spec="{}", hash="h", generation=1,
+                                              source="x.yaml:1", applied_at=now))
+        queue.spool(conn, [queue.InboundRecord("a@example.org", ("old@example.org",), b"m", 1, (
+            queue.PostRecord("old", "queued", "member", b"c", "old-bounces@example.org", ("b@example.org",),
+                             digest=True),))], now)
+        config.rename(conn, "MailingList", "old", "new")
+        for table in (digest_pending, archive_pending):
+            assert conn.execute(select(table.c.list_name)).scalars().all() == ["new"]
+        conn.execute(resources.update().where(resources.c.name == "new").values(deleted_at=now - 10))
+        assert config.purge_deleted(conn, now) == ["new"]  # no row of these tables holds the posts back
+        for table in (digest_pending, archive_pending):
+            assert conn.execute(select(table)).all() == []
+        assert conn.execute(select(messages).where(messages.c.kind == "post")).all() == []
+    store.close()
