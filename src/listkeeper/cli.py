@@ -591,3 +591,116 @@ def events_fire(list_name, event_name, members, everyone, at, store_url) -> None
         except LookupError as exc:
             raise click.ClickException(str(exc)) from None
     click.echo(f"{fired.list_name}/{fired.event}: fired for {len(fired.addresses)}")
+
+
+# -- digests and the archive -------------------------------------------------------------------------------
+
+def _applied_list(snapshot, list_name: str):
+    lst = next((item for item in snapshot.lists.values() if item.name == list_name), None)
+    if lst is None:
+        raise click.ClickException(f"no list {list_name!r} in the applied configuration")
+    return lst
+
+
+def _when(ts: float | None) -> str:
+    import datetime
+    if ts is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+@main.group()
+def digest() -> None:
+    """Digests: what is pending, and sending one now."""
+
+
+@digest.command("send")
+@click.argument("list_name")
+@click.option("--at", "at", metavar="TIME", help="Send as of this moment (ISO, UTC unless given).")
+@store_option
+def digest_send(list_name, at, store_url) -> None:
+    """Send the list's pending posts to its digest members now, whatever the schedule."""
+    from listkeeper.engine.digests import send_now
+    from listkeeper.engine.snapshot import load_snapshot
+    from listkeeper.store.directory import DirectoryError
+    with _store(store_url) as store:
+        snapshot = load_snapshot(store)
+        _applied_list(snapshot, list_name)
+        try:
+            sent = send_now(store, snapshot, list_name, _moment(at))
+        except DirectoryError as exc:
+            raise click.ClickException(f"cannot check {list_name}'s digest members against its directory: {exc}") \
+                from None
+    if not sent.issues:
+        click.echo(f"{list_name}: nothing sent (no pending posts, or no digest members; pending posts of a list "
+                   f"without digest members are dropped).")
+        return
+    for issue in sent.issues:
+        click.echo(f"{list_name}: digest Vol {issue.volume}, Issue {issue.issue} with {issue.posts} post(s), "
+                   f"{issue.size} bytes, queued for {sent.recipients} digest member(s)")
+
+
+@digest.command("status")
+@click.argument("list_names", nargs=-1)
+@click.option("--at", "at", metavar="TIME", help="As of this moment (ISO, UTC unless given).")
+@store_option
+def digest_status(list_names, at, store_url) -> None:
+    """Per list: pending posts, when the next digest goes out, the last one sent."""
+    from listkeeper.engine.digests import due, next_scheduled
+    from listkeeper.engine.snapshot import load_snapshot
+    from listkeeper.store import digests as store_digests
+    with _store(store_url) as store:
+        snapshot = load_snapshot(store)
+        chosen = [_applied_list(snapshot, name) for name in list_names] or sorted(
+            snapshot.lists.values(), key=lambda item: item.name)
+        now = _moment(at)
+        with store.engine.connect() as conn:
+            pending = store_digests.pending_by_list(conn)
+            rows = [(lst, pending.get(lst.name), store_digests.last_issue(conn, lst.name),
+                     store_digests.has_members(conn, lst.name)) for lst in chosen]
+    for lst, waiting, last, members in rows:
+        settings = lst.spec.digest
+        if waiting is None:
+            upcoming = "no posts pending"
+        else:
+            trigger = due(settings, waiting, now)
+            scheduled = next_scheduled(settings, waiting.oldest)
+            upcoming = (f"{waiting.posts} post(s), {waiting.size} of {settings.max_size} bytes pending; next: "
+                        + (f"due now ({trigger})" if trigger else _when(scheduled) if scheduled else
+                           "when the size is reached or by hand"))
+        sent = f"last: Vol {last.volume}, Issue {last.issue} at {_when(last.sent_at)}" if last else "none sent yet"
+        click.echo(f"{lst.name}: {upcoming}; {sent}; schedule {settings.schedule!r} {settings.timezone}"
+                   + ("" if members else "; no digest members"))
+
+
+@main.command("archive")
+@click.argument("list_name")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(0), help="Posts to show, newest last.")
+@store_option
+def archive_list(list_name, limit, store_url) -> None:
+    """The list's archive: date, sender, subject and Message-ID of its last posts, newest last."""
+    from listkeeper.engine.archive import entries
+    from listkeeper.engine.snapshot import load_snapshot
+    from listkeeper.store import archive as store_archive
+    with _store(store_url) as store:
+        lst = _applied_list(load_snapshot(store), list_name)
+        with store.engine.connect() as conn:
+            waiting = store_archive.pending_count(conn, list_name)
+    settings = lst.spec.archive
+    path = settings.location(list_name)
+    if not settings.enabled:
+        click.echo(f"{list_name} keeps no archive (spec.archive.enabled is false).")
+        return
+    try:
+        found, total = entries(lst, limit)
+    except OSError as exc:
+        raise click.ClickException(f"cannot read the archive {path}: {exc}") from None
+    click.echo(f"{list_name}: {total} post(s) in {path} ({settings.format.value})"
+               + (f"; the last {len(found)}:" if found else "."))
+    for e in found:
+        sender = e.sender if len(e.sender) <= 32 else e.sender[:31] + "…"
+        subject = e.subject if len(e.subject) <= 48 else e.subject[:47] + "…"
+        click.echo(f"  {e.date:<16}  {sender:<32}  {subject:<48}  {e.message_id}")
+    if waiting:
+        click.echo(f"{waiting} accepted post(s) not archived yet: the next housekeeping round writes them "
+                   f"(serve runs one every minute; or run 'listkeeper tick').")

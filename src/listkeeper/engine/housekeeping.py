@@ -17,7 +17,7 @@ from listkeeper.store import autoresponses
 from listkeeper.store import queue as store_queue
 from listkeeper.store.queue import PostRecord
 
-from . import bounces, moderation
+from . import archive, bounces, digests, moderation
 from .snapshot import Snapshot
 
 log = logging.getLogger("listkeeper.housekeeping")
@@ -35,6 +35,8 @@ JOBS: dict[str, Job] = {
     "autoresponses.forget": _forget_old_autoresponses,
     "bounces.process": bounces.process,
     "bounces.forget_stale": bounces.forget_stale,
+    "archive.write": archive.archive_pending,
+    "digests.send": digests.send_due,
 }
 
 

@@ -10,6 +10,7 @@ from types import MappingProxyType
 
 from sqlalchemy.engine import Connection
 
+from listkeeper.store import digests
 from listkeeper.store import directory as member_directory
 from listkeeper.store import subscribers
 
@@ -102,4 +103,5 @@ def receivers(lst: ListConfig, snapshot: Snapshot, now: float):
     directory = snapshot.directories[lst.spec.members.directory]
     query = tuple(lst.spec.members.query)
     moment = datetime.fromtimestamp(now, timezone.utc)
-    return lambda conn: member_directory.stream(directory, query, moment)
+    # a selected member who chose the digest gets no single posts
+    return lambda conn: digests.excluding_members(conn, lst.name, member_directory.stream(directory, query, moment))

@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection
 
 from listkeeper.store import queue as store_queue
 from listkeeper.store.queue import Hold, PostRecord
-from listkeeper.store.tables import digest_pending, holds, messages
+from listkeeper.store.tables import archive_pending, digest_pending, holds, messages
 
 from .headers import RawMessage
 from .membership import receivers
@@ -99,6 +99,7 @@ def decide(conn: Connection, snapshot: Snapshot, token: str, decision: str, by: 
         store_queue.insert_deliveries(conn, post.id, receivers(lst, snapshot, now)(conn), post.mail_from, True, now)
         conn.execute(digest_pending.insert().values(list_name=lst.name, message_id=post.id, size=len(post.data),
                                                     added_at=now))
+        conn.execute(archive_pending.insert().values(list_name=lst.name, message_id=post.id, added_at=now))
     elif decision == "reject" and hold["sender"]:
         text = (f"Your post to {lst.spec.address} (subject: {hold['subject'] or '(none)'}) was rejected by the "
                 f"list's moderators." + (f"\n\nReason: {reason}" if reason else ""))

@@ -7,7 +7,9 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
+from .archive import Archive
 from .common import Address, Duration, Manifest, Strict
+from .digests import Digest
 from .directory import Members, criterion_problems
 from .events import EventSpec, event_problems
 
@@ -82,6 +84,8 @@ class MailingListSpec(Strict):
     events: list[EventSpec] = Field(default_factory=list, description="User-defined list events.")
     members: Members | None = Field(
         default=None, description="A dynamic list: regular members are the query's selection at post time.")
+    digest: Digest = Field(default_factory=Digest, description="When digest members get the pending posts.")
+    archive: Archive = Field(default_factory=Archive, description="Where accepted posts are kept.")
 
 
 class MailingList(Manifest):

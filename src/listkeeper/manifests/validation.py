@@ -180,6 +180,7 @@ def _cross_check(resources: list[Resource], docs: dict) -> list[ManifestError]:
         errors.append(ManifestError(extra.location, "metadata.name",
                                     f"only one RoutingTable is allowed; the first is at {tables[0].location}"))
     addresses: dict[str, Resource] = {}
+    archives: dict[str, Resource] = {}
     for r in resources:
         doc = docs[r.key]
         for parts, message in r.manifest.problems(index):
@@ -191,6 +192,7 @@ def _cross_check(resources: list[Resource], docs: dict) -> list[ManifestError]:
                                             f"{address} is already the address of MailingList "
                                             f"{addresses[address].name!r} at {addresses[address].location}"))
             addresses.setdefault(address, r)
+            errors.extend(_shared_archive(r, doc, archives))
     domains: dict[str, Resource] = {}
     for r in resources:
         if r.kind == "Domain":
@@ -200,3 +202,17 @@ def _cross_check(resources: list[Resource], docs: dict) -> list[ManifestError]:
                                             f"domain {d} is already served by Domain {domains[d].name!r} at {domains[d].location}"))
             domains.setdefault(d, r)
     return errors
+
+
+def _shared_archive(r: Resource, doc, archives: dict[str, Resource]) -> list[ManifestError]:
+    """Two lists writing one archive would mix their posts (and an mbox could be cut short)."""
+    archive = r.manifest.spec.archive
+    if not archive.enabled:
+        return []
+    path = archive.location(r.name)
+    first = archives.setdefault(path, r)
+    if first is r:
+        return []
+    return [ManifestError(doc.locate(("spec", "archive", "path")),
+                          "spec.archive.path", f"{path} is already the archive of MailingList {first.name!r} "
+                          f"at {first.location}")]

@@ -10,7 +10,10 @@ from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import OperationalError
 
-from .tables import deliveries, event_counters, event_fires, messages, meta, resources, subscribers
+from .tables import (
+    archive_pending, archives, deliveries, digest_pending, digests, event_counters, event_fires, messages, meta,
+    resources, subscribers,
+)
 
 
 class LockTimeout(Exception):
@@ -139,7 +142,8 @@ def rename(conn: Connection, kind: str, old: str, new: str) -> None:
                          f"retention period ends); rename to another name, or purge it first")
     conn.execute(update(resources).where(resources.c.kind == kind, resources.c.name == old).values(name=new))
     if kind == "MailingList":
-        for table in (messages, subscribers, event_counters, event_fires):
+        for table in (messages, subscribers, event_counters, event_fires, digest_pending, digests, archive_pending,
+                      archives):
             conn.execute(update(table).where(table.c.list_name == old).values(list_name=new))
 
 
@@ -150,6 +154,8 @@ def purge_deleted(conn: Connection, before: float) -> list[str]:
     for name in names:
         post_ids = select(messages.c.id).where(messages.c.list_name == name)
         conn.execute(delete(deliveries).where(deliveries.c.message_id.in_(post_ids)))
+        for table in (digest_pending, digests, archive_pending, archives):
+            conn.execute(delete(table).where(table.c.list_name == name))
         conn.execute(delete(messages).where(messages.c.list_name == name))
         conn.execute(delete(resources).where(resources.c.kind == "MailingList", resources.c.name == name))
     return names

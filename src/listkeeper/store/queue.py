@@ -13,7 +13,7 @@ from sqlalchemy.engine import Connection
 from listkeeper.manifests.addresses import verp
 
 from . import events
-from .tables import deliveries, digest_pending, holds, messages
+from .tables import archive_pending, deliveries, digest_pending, holds, messages
 
 INSERT_CHUNK = 2000
 
@@ -33,7 +33,7 @@ class PostRecord:
     verp: bool = False  # each recipient's return path names it (bounce attribution)
     poster: str | None = None  # a subscriber whose accepted post fires the list's 'post' event
     hold: "Hold | None" = None  # a post held for moderation: its token and what the moderators are told
-    digest: bool = False  # an accepted list post: also kept for the list's digest members
+    digest: bool = False  # an accepted list post: also kept for the list's digest members and its archive
 
     def each_recipient(self, conn: Connection) -> Iterable[str]:
         return self.recipients(conn) if callable(self.recipients) else self.recipients
@@ -141,6 +141,8 @@ def insert_posts(conn: Connection, posts: list[tuple[int | None, int, PostRecord
                for post_id, (_, _, p) in zip(post_ids, posts) if p.digest and p.state == "queued"]
     if pending:
         conn.execute(insert(digest_pending), pending)
+        conn.execute(insert(archive_pending), [dict(list_name=r["list_name"], message_id=r["message_id"],
+                                                    added_at=now) for r in pending])
     return list(post_ids)
 
 

@@ -201,3 +201,34 @@ event_fires = Table(
     Column("at", Float, nullable=False),
 )
 Index("ix_event_fires_list", event_fires.c.list_name, event_fires.c.event)
+
+# every digest sent: its list, number and size; the newest row numbers the next one
+digests = Table(
+    "digests", metadata,
+    Column("list_name", String(253), primary_key=True),
+    Column("volume", Integer, primary_key=True),
+    Column("issue", Integer, primary_key=True),
+    Column("period", String(10), nullable=False),  # the volume's period when sent: 2026, 2026-11, 2026-W48
+    Column("posts", Integer, nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("trigger", String(16), nullable=False),  # schedule | size | hand
+    Column("sent_at", Float, nullable=False),
+)
+Index("ix_digests_sent", digests.c.list_name, digests.c.sent_at)
+
+# accepted posts not yet written to the list's archive
+archive_pending = Table(
+    "archive_pending", metadata,
+    Column("list_name", String(253), primary_key=True),
+    Column("message_id", Integer, ForeignKey("messages.id"), primary_key=True),
+    Column("added_at", Float, nullable=False),
+)
+
+# per list: how many posts were archived, and an mbox archive's length after the last recorded write
+archives = Table(
+    "archives", metadata,
+    Column("list_name", String(253), primary_key=True),
+    Column("archived", Integer, nullable=False),
+    Column("mbox_size", Integer, nullable=True),
+    Column("updated_at", Float, nullable=False),
+)

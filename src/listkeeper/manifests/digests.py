@@ -1,0 +1,79 @@
+"""A list's digest settings: when digest members get the pending posts as one MIME digest."""
+
+from __future__ import annotations
+
+import string
+from enum import Enum
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+from pydantic import Field, field_validator
+
+from .common import Strict
+
+SUBJECT_FIELDS = ("list", "volume", "issue", "date")
+NEVER = "never"
+ALIASES = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+
+
+class NewVolume(str, Enum):
+    """When the volume number goes up (and the issue number starts again at 1), as in Mailman."""
+
+    yearly = "yearly"
+    monthly = "monthly"
+    weekly = "weekly"
+    never = "never"
+
+
+class Digest(Strict):
+    schedule: str = Field(
+        default="0 7 * * *", description="A cron expression (minute hour day month weekday, or @daily, "
+        "@weekly, ...) in `timezone`: pending posts go out at the next such time. 'never': only by size or by hand.")
+    timezone: str = Field(default="UTC", description="The time zone of the schedule, e.g. Europe/Berlin.")
+    max_size: int = Field(
+        default=100_000, ge=1024, le=50 * 1024 * 1024,
+        description="Bytes. A digest goes out as soon as the pending posts reach this size; each digest holds "
+        "posts up to this size (always at least one), so more pending posts make several issues.")
+    subject: str = Field(
+        default="{list} digest, Vol {volume}, Issue {issue}", min_length=1, max_length=200,
+        description="Placeholders: {list} (the list's name), {volume}, {issue}, {date} (YYYY-MM-DD).")
+    new_volume: NewVolume = Field(default=NewVolume.monthly, description="yearly | monthly | weekly | never")
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        value = " ".join(value.split())
+        if value == NEVER:
+            return value
+        fields = value.split(" ")
+        if not ((len(fields) == 5 or value.lower() in ALIASES) and croniter.is_valid(value)):
+            raise ValueError(f"{value!r} is not a cron expression: expected five fields, minute hour day month "
+                             f"weekday (e.g. '0 7 * * *' or '30 6 * * mon-fri'), one of {', '.join(ALIASES)}, or never")
+        return value
+
+    @property
+    def scheduled(self) -> bool:
+        return self.schedule != NEVER
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}; expected an IANA name such as UTC or Europe/Berlin") \
+                from None
+        return value
+
+    @field_validator("subject")
+    @classmethod
+    def _placeholders(cls, value: str) -> str:
+        try:
+            names = [name for _, name, spec, _ in string.Formatter().parse(value) if name is not None]
+        except ValueError as exc:
+            raise ValueError(f"the subject is not a valid template: {exc}") from None
+        unknown = sorted({n for n in names if n not in SUBJECT_FIELDS})
+        if unknown:
+            raise ValueError(f"unknown placeholder {{{unknown[0]}}}; use "
+                             + ", ".join(f"{{{f}}}" for f in SUBJECT_FIELDS))
+        return value
