@@ -116,7 +116,8 @@ def peak_rss_mb(pid: int) -> float:
 
 def run_listkeeper(smtp_source, env, workdir: Path, args) -> tuple[float, float, int]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "listkeeper", "serve", "--port", str(port)], cwd=workdir,
+    proc = subprocess.Popen([sys.executable, "-m", "listkeeper", "serve", "--port", str(port), "--http-port", "0"],
+                            cwd=workdir,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "LISTKEEPER_STORE": "", "PYTHONPATH": str(REPO / "src")})
     try:

@@ -90,7 +90,8 @@ BODY = ("From: chair@example.org\r\nTo: big@example.org\r\nSubject: Bench\r\nMes
 def run_engine(root: Path, count: int, uvloop: bool) -> tuple[float, float]:
     port = free_port()
     env = {**os.environ, "LISTKEEPER_STORE": f"sqlite:///{root}/store.db", "PYTHONPATH": str(REPO / "src")}
-    args = [sys.executable, "-m", "listkeeper", "serve", "--port", str(port), "--log-level", "warning"]
+    args = [sys.executable, "-m", "listkeeper", "serve", "--port", str(port), "--http-port", "0",
+            "--log-level", "warning"]
     if uvloop:
         args.append("--uvloop")
     proc = subprocess.Popen(args, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

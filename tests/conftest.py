@@ -73,7 +73,7 @@ async def engine_for(tmp_path: Path, store_url: str):
 
     async def start(folder: Path, **options):
         store = reconcile_folder(folder, store_url)
-        engine = await start_engine(store, ServeOptions(port=0, **options))
+        engine = await start_engine(store, ServeOptions(**{"port": 0, "http_port": 0, **options}))
         started.append(engine)
         return engine
 

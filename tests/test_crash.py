@@ -22,7 +22,7 @@ COUNT = 10_000
 def start_serve(root: Path, port: int) -> subprocess.Popen:
     env = {**os.environ, "LISTKEEPER_STORE": f"sqlite:///{root}/store.db"}
     proc = subprocess.Popen([sys.executable, "-m", "listkeeper", "serve", "conf", "--port", str(port),
-                             "--log-level", "warning"], cwd=root, env=env, stdout=subprocess.PIPE,
+                             "--http-port", "0", "--log-level", "warning"], cwd=root, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 60
     for line in proc.stdout:

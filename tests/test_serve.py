@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sqlite3
 from collections import Counter
 from email import message_from_bytes
@@ -99,7 +100,10 @@ async def test_post_is_delivered_once_to_each_regular_subscriber(tmp_path, conf,
         assert msg["Return-Path"] == f"<members-bounces+{rcpt.replace('@', '=')}@example.org>"  # VERP
         assert msg["List-Id"] == "<members.example.org>"
         assert msg["List-Post"] == "<mailto:members@example.org>"
-        assert msg["List-Unsubscribe"] == "<mailto:members-request@example.org?subject=unsubscribe>"
+        one_click, mailto = " ".join(msg["List-Unsubscribe"].split()).split(", ")  # a link of their own
+        assert re.fullmatch(rf"<http://127\.0\.0\.1:{engine.web.port}/unsubscribe/[\w-]+\.[\w-]{{43}}>", one_click)
+        assert mailto == "<mailto:members-request@example.org?subject=unsubscribe>"
+        assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
         assert msg["Subject"] == "[members] Hello"
         assert msg.get_payload() == "Hello everyone.\r\n"
 

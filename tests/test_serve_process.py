@@ -23,7 +23,8 @@ MEMBERS_REGULAR = {"alice@example.org", "bob@example.net", "dave@example.com", "
 
 
 def start(workdir: Path, port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "listkeeper", "serve", "--port", str(port)], cwd=workdir,
+    proc = subprocess.Popen([sys.executable, "-m", "listkeeper", "serve", "--port", str(port), "--http-port", "0"],
+                            cwd=workdir,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "LISTKEEPER_STORE": ""})
     deadline = time.monotonic() + 30
@@ -100,7 +101,7 @@ def test_port_in_use_is_a_clear_error(workdir):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        result = subprocess.run([sys.executable, "-m", "listkeeper", "serve", "--port", str(port)], cwd=workdir,
-                                capture_output=True, text=True, timeout=30)
+        result = subprocess.run([sys.executable, "-m", "listkeeper", "serve", "--port", str(port),
+                                 "--http-port", "0"], cwd=workdir, capture_output=True, text=True, timeout=30)
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr and "Traceback" not in result.stderr

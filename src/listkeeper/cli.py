@@ -158,9 +158,19 @@ def reconcile(paths, store_url, dry_run, prune, detailed_exitcode, output, revis
 @click.option("--uvloop", "use_uvloop", is_flag=True, help="Run on uvloop (pip install 'listkeeper[fast]').")
 @click.option("--tick-interval", default=300.0, show_default=True, type=click.FloatRange(min=0.05),
               help="Seconds between evaluations of list events.")
-def serve(paths, store_url, host, port, prune, log_level, use_uvloop, tick_interval) -> None:
-    """Reconcile, then accept SMTP and deliver."""
+@click.option("--http-host", default="127.0.0.1", show_default=True,
+              help="Listen address of the one-click unsubscribe pages.")
+@click.option("--http-port", default=8025, show_default=True, type=click.IntRange(0, 65535),
+              help="Port of the one-click unsubscribe pages (0: any free port).")
+@click.option("--no-http", is_flag=True, help="No HTTP listener (another node serves the unsubscribe links).")
+@click.option("--base-url", metavar="URL", callback=lambda ctx, param, value: _base_url(value),
+              help="Public address of the HTTP listener, e.g. https://lists.example.org, that one-click "
+                   "unsubscribe links start with (a Domain's web_base_url wins). Default: http://HOST:PORT.")
+def serve(paths, store_url, host, port, prune, log_level, use_uvloop, tick_interval, http_host, http_port,
+          no_http, base_url) -> None:
+    """Reconcile, then accept SMTP, deliver and serve one-click unsubscribe."""
     from listkeeper.engine.server import ServeOptions, serve_forever
+    from listkeeper.engine.web import WebListenError
     from listkeeper.reconcile import reconcile as reconcile_store
     from listkeeper.store.config import LockTimeout
     logging.basicConfig(level=getattr(logging, log_level.upper()),
@@ -178,10 +188,14 @@ def serve(paths, store_url, host, port, prune, log_level, use_uvloop, tick_inter
 
     def ready(engine) -> None:
         snap = engine.snapshot
+        if engine.web is not None:
+            click.echo(f"one-click unsubscribe on {engine.web.url}{'' if not base_url else ' as ' + base_url}",
+                       err=True)
         click.echo(f"listkeeper serving {len(snap.lists)} list(s) for {', '.join(sorted(snap.domains))} "
                    f"on smtp://{host}:{engine.port} (generation {snap.generation}); Ctrl-C stops", err=True)
 
-    options = ServeOptions(host=host, port=port, tick_interval=tick_interval)
+    options = ServeOptions(host=host, port=port, tick_interval=tick_interval, http_host=http_host,
+                           http_port=None if no_http else http_port, base_url=base_url)
     run = asyncio.run
     if use_uvloop:
         try:
@@ -191,10 +205,20 @@ def serve(paths, store_url, host, port, prune, log_level, use_uvloop, tick_inter
         run = uvloop.run
     try:
         run(serve_forever(store, options, ready))
+    except WebListenError as exc:
+        raise click.ClickException(exc.strerror) from None
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     finally:
         store.close()
+
+
+def _base_url(value: str | None) -> str | None:
+    import re
+    from listkeeper.manifests.domains import BASE_URL_PATTERN
+    if value is not None and not re.match(BASE_URL_PATTERN, value):
+        raise click.BadParameter(f"{value!r} is not an http(s) URL such as https://lists.example.org")
+    return value.rstrip("/") if value else None
 
 
 @main.group(invoke_without_command=True)

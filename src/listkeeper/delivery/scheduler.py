@@ -39,6 +39,9 @@ FLUSH_AFTER = 0.2  # ... or after this many seconds, so little is sent again aft
 PICKUP_CHUNK = 200
 
 Inject = Callable[[bytes, str, list[str]], Awaitable[None]]
+# (stored message, its list, snapshot) -> what each recipient's copy is made from (`.for_recipient`), or
+# None to send it as stored: per-recipient headers such as a one-click unsubscribe link
+Personalise = Callable[[bytes, "str | None", object], "object | None"]
 
 
 @dataclass
@@ -70,7 +73,8 @@ class Pace:
 
 class Scheduler:
     def __init__(self, store: Store, current, *, inject: Inject | None = None,
-                 clock: Callable[[], float] | None = None, lease: float = 300.0):
+                 clock: Callable[[], float] | None = None, lease: float = 300.0,
+                 personalise: Personalise | None = None):
         self._store = store
         self._current = current  # () -> Snapshot
         self._inject = inject
@@ -83,6 +87,8 @@ class Scheduler:
         self._failures: list[tuple[Due, Result]] = []
         self._backups: list[tuple[Due, bytes]] = []
         self._bodies: dict[int, bytes] = {}
+        self._personalise = personalise
+        self._personal: dict[int, object] = {}  # message id -> its per-recipient maker, for some bodies
         self._refs: dict[int, int] = {}
         self._in_queue = 0
         self._flushed_at = 0.0
@@ -175,26 +181,50 @@ class Scheduler:
 
     async def _claim(self, limit: int) -> list[Due]:
         known = frozenset(self._bodies)
-        due, bodies = await asyncio.to_thread(self._claim_in_store, limit, known)
+        due, (bodies, personal) = await asyncio.to_thread(self._claim_in_store, limit, known)
         self._bodies.update(bodies)  # bookkeeping stays on the loop's thread
+        self._personal.update(personal)
         for d in due:  # counted before any other wait, so no worker can release these bodies
             self._refs[d.message_id] = self._refs.get(d.message_id, 0) + 1
         gone = {d.message_id for d in due} - set(self._bodies)  # released while we were claiming
         if gone:
-            self._bodies.update(await asyncio.to_thread(self._fetch, gone))
+            bodies, personal = await asyncio.to_thread(self._fetch, gone)
+            self._bodies.update(bodies)
+            self._personal.update(personal)
         return due
 
-    def _fetch(self, message_ids: set[int]) -> dict[int, bytes]:
+    def _fetch(self, message_ids: set[int]) -> tuple[dict[int, bytes], dict[int, object]]:
         with self._store.engine.connect() as conn:
-            return store_queue.message_data(conn, message_ids)
+            return self._load(conn, message_ids)
 
-    def _claim_in_store(self, limit: int, known: frozenset[int]) -> tuple[list[Due], dict[int, bytes]]:
+    def _claim_in_store(self, limit: int, known: frozenset[int]):
         with self._store.engine.begin() as conn:
             due = store_queue.claim_due(conn, self._clock(), limit, self._lease)
-            return due, store_queue.message_data(conn, {d.message_id for d in due} - known)
+            return due, self._load(conn, {d.message_id for d in due} - known)
+
+    def _load(self, conn, message_ids: set[int]) -> tuple[dict[int, bytes], dict[int, object]]:
+        """Bodies, and for those that get per-recipient headers, their makers: once per message."""
+        bodies = store_queue.message_data(conn, message_ids)
+        if self._personalise is None or not bodies:
+            return bodies, {}
+        names, snapshot = store_queue.list_names(conn, bodies), self._current()
+        personal = {}
+        for mid, data in bodies.items():
+            try:
+                maker = self._personalise(data, names.get(mid), snapshot)
+            except Exception:  # noqa: BLE001 - the message still goes out, as stored
+                log.exception("per-recipient headers for message %d failed; sending it as stored", mid)
+                maker = None
+            if maker is not None:
+                personal[mid] = maker
+        return bodies, personal
+
+    def _data(self, due: Due) -> bytes:
+        maker = self._personal.get(due.message_id)
+        return maker.for_recipient(due.recipient) if maker is not None else self._bodies[due.message_id]
 
     def _job(self, due: Due) -> Job:
-        return Job(due.delivery_id, due.recipient, due.return_path, self._bodies[due.message_id])
+        return Job(due.delivery_id, due.recipient, due.return_path, self._data(due))
 
     def _take(self, queue: DestinationQueue) -> Due:
         due = queue.jobs.popleft()
@@ -304,7 +334,7 @@ class Scheduler:
         if state is State.delivered:
             self.delivered += 1
             if snapshot.delivery.backup is not None:
-                self._backups.append((due, self._bodies[due.message_id]))
+                self._backups.append((due, self._data(due)))
         if state is State.failed:
             self._failures.append((due, Result(event, result.detail)))
         else:
@@ -317,6 +347,7 @@ class Scheduler:
         if left <= 0:
             self._refs.pop(message_id, None)
             self._bodies.pop(message_id, None)
+            self._personal.pop(message_id, None)
         else:
             self._refs[message_id] = left
 

@@ -67,8 +67,17 @@ def submission_of(message: RawMessage, mail_from: str, size: int,
                       membership.roles, automated_reason(message, mail_from))
 
 
+def unsubscribe_mailto(lst: ListConfig) -> str:
+    """The List-Unsubscribe value every list copy is stored with. Delivery recognises a list copy by it
+    and gives each recipient their own one-click link in front of it (engine/oneclick.py, RFC 8058)."""
+    return f"<mailto:{lst.address_for('request')}?subject=unsubscribe>"
+
+
 def list_copy(message: RawMessage, lst: ListConfig, hostname: str, now: float) -> bytes:
-    """The list's copy: RFC 2369/2919 headers, subject prefix, loop marker; the body untouched."""
+    """The list's copy: RFC 2369/2919 headers, subject prefix, loop marker; the body untouched.
+
+    Stored once for all recipients: the per-recipient one-click link and List-Unsubscribe-Post are
+    added when each copy is delivered."""
     spec = lst.spec
     out = message.without(*LIST_HEADERS)
     prefix = spec.subject_prefix
@@ -87,7 +96,7 @@ def list_copy(message: RawMessage, lst: ListConfig, hostname: str, now: float) -
            .with_field("List-Id", f"{described}<{list_id(lst)}>")
            .with_field("List-Post", "NO" if spec.type is ListType.announce else f"<mailto:{spec.address}>")
            .with_field("List-Help", f"<mailto:{lst.address_for('request')}?subject=help>")
-           .with_field("List-Unsubscribe", f"<mailto:{lst.address_for('request')}?subject=unsubscribe>")
+           .with_field("List-Unsubscribe", unsubscribe_mailto(lst))
            .with_field("List-Owner", f"<mailto:{lst.address_for('owner')}>")
            .with_field("Precedence", "list")
            .with_field("X-Loop", spec.address))

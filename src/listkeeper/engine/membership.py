@@ -97,11 +97,16 @@ def moderators(lst: ListConfig):
 
 def receivers(lst: ListConfig, snapshot: Snapshot, now: float):
     """Who receives each post, streamed when the spool writes it (never a Python list of every member):
-    a static list's active regular members from the store, or a dynamic list's query selection."""
+    a static list's active regular members from the store, or a dynamic list's query selection less
+    those who opted out (one-click unsubscribe)."""
     if lst.spec.members is None:
         return lambda conn: subscribers.stream(conn, lst.name, "post")
     directory = snapshot.directories[lst.spec.members.directory]
     query = tuple(lst.spec.members.query)
     moment = datetime.fromtimestamp(now, timezone.utc)
-    # a selected member who chose the digest gets no single posts
-    return lambda conn: digests.excluding_members(conn, lst.name, member_directory.stream(directory, query, moment))
+
+    def selected(conn: Connection):
+        left = subscribers.opted_out(conn, lst.name)  # one-click unsubscribes of a dynamic list
+        chosen = (a for a in member_directory.stream(directory, query, moment) if a not in left)
+        return digests.excluding_members(conn, lst.name, chosen)  # digest members get no single posts
+    return selected

@@ -13,15 +13,18 @@ from aiosmtpd.smtp import SMTP
 from listkeeper.delivery.scheduler import Scheduler
 from listkeeper.store import Store
 from listkeeper.store.queue import InboundRecord, PostRecord
+from listkeeper.store.signing import signing_key
 
 from .events import tick as run_tick
 from .housekeeping import run_round
 from .fanout import Refused, fan_out
 from .membership import look_up_in
+from .oneclick import Links
 from .recipients import Recipient, accept_recipient
 from .smtp import ListHandler
 from .snapshot import Snapshot, load_snapshot
 from .spool import Spool
+from .web import WebListener, start_web
 
 log = logging.getLogger("listkeeper.serve")
 
@@ -33,6 +36,9 @@ class ServeOptions:
     data_size_limit: int = 64 * 1024 * 1024
     tick_interval: float = 300.0  # list events are evaluated this often
     housekeeping_interval: float = 60.0  # moderation expiry, digests, archives ... run this often
+    http_host: str = "127.0.0.1"  # the one-click unsubscribe listener
+    http_port: int | None = 8025  # 0: any free port; None: no listener (another node serves the links)
+    base_url: str | None = None  # where recipients reach the listener; default: its own address
 
 
 @dataclass
@@ -46,13 +52,17 @@ class Engine:
     scheduler: Scheduler | None = None
     server: asyncio.base_events.Server | None = None
     tasks: list[asyncio.Task] = field(default_factory=list)
+    web: WebListener | None = None
+    links: Links | None = None
 
     def current(self) -> Snapshot:
         return self.snapshot
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self.scheduler = Scheduler(self.store, self.current, inject=self.inject)
+        await self._start_links()
+        self.scheduler = Scheduler(self.store, self.current, inject=self.inject,
+                                   personalise=self.links.personal_copy)
         self.spool = Spool(self.store, on_commit=self.scheduler.wake)
         handler = ListHandler(self.current, self.spool, self.store.now, self.store)
         hostname = self.snapshot.hostname()  # given, so aiosmtpd never calls getfqdn per connection
@@ -61,10 +71,32 @@ class Engine:
             return SMTP(handler, hostname=hostname, ident="listkeeper", decode_data=False,
                         enable_SMTPUTF8=True, data_size_limit=self.options.data_size_limit)
 
-        self.server = await loop.create_server(protocol, host=self.options.host, port=self.options.port)
+        try:
+            self.server = await loop.create_server(protocol, host=self.options.host, port=self.options.port)
+        except OSError:
+            if self.web is not None:
+                await self.web.close()
+            raise
         self.tasks.append(asyncio.create_task(self.scheduler.run(), name="delivery-scheduler"))
         self.tasks.append(asyncio.create_task(self._ticks(), name="event-ticks"))
         self.tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+
+    async def _start_links(self) -> None:
+        """One-click unsubscribe: the listener first, so every link delivery writes points somewhere."""
+        key = await asyncio.to_thread(signing_key, self.store.engine, "unsubscribe")
+        options = self.options
+        if options.http_port is not None:
+            self.web = await start_web(self.store, self.current, key, options.http_host, options.http_port)
+        base = (options.base_url or (self.web.url if self.web else "")).rstrip("/") or None
+        self.links = Links(key, base)
+        if options.base_url or all(d.web_base_url for d in self.snapshot.domains.values()):
+            return
+        if base:
+            log.warning("one-click unsubscribe links point at %s; give serve --base-url (or a Domain's "
+                        "web_base_url) the public https address recipients reach", base)
+        else:
+            log.warning("no HTTP listener and no --base-url: posts of domains without web_base_url carry "
+                        "only the mailto unsubscribe, no one-click link")
 
     async def _housekeeping(self) -> None:
         while True:
@@ -117,6 +149,8 @@ class Engine:
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
+        if self.web is not None:
+            await self.web.close()
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)

@@ -235,3 +235,30 @@ def changes(conn: Connection, since: float, until: float, list_name: str | None 
     if list_name is not None:
         query = query.where(subscription_changes.c.list_name == list_name)
     return [dict(r._mapping) for r in conn.execute(query.order_by(subscription_changes.c.id))]
+
+
+def opt_out(conn: Connection, list_name: str, address: str, now: float, source: str,
+            detail: str | None = None) -> bool:
+    """A dynamic list's member asks for no more posts. Its query may select them again at every post, so
+    the choice is kept as an 'unsubscribed' row (made if need be) that the list's fan-out skips; their
+    other roles (moderator, ...) keep working. False when they had opted out already."""
+    address = address.lower()
+    row = get(conn, list_name, address)
+    if row is not None and row.state == "unsubscribed":
+        return False
+    if row is None:
+        conn.execute(insert(subscribers).values(
+            list_name=list_name, address=address, source=source, joined_at=now, roles="regular",
+            receives="post", state="unsubscribed", updated_at=now))
+    else:
+        conn.execute(update(subscribers).where(subscribers.c.list_name == list_name,
+                                               subscribers.c.address == address)
+                     .values(state="unsubscribed", updated_at=now))
+    log(conn, list_name, address, "leave", source, now, detail)
+    return True
+
+
+def opted_out(conn: Connection, list_name: str) -> frozenset[str]:
+    """The addresses that left a dynamic list: few next to its selection, which is streamed past them."""
+    return frozenset(conn.execute(select(subscribers.c.address).where(
+        subscribers.c.list_name == list_name, subscribers.c.state == "unsubscribed")).scalars())
