@@ -269,7 +269,8 @@ def outbox(tmp_path: Path) -> list:
 @pytest.fixture
 async def engine(conf, store_url, clock):
     (conf / "lists.yaml").write_text(LIST.replace("  type: discussion\n",
-                                                  "  type: discussion\n  bounces: {threshold: 2}\n"))
+                                                  "  type: discussion\n  bounces: {threshold: 2}\n"
+                                                  "  digest: {schedule: never}\n"))
     opened = Store.open(store_url, clock=clock)
     reconcile(load_manifests([conf]), opened)
     started = await start_engine(opened, ServeOptions(port=0, housekeeping_interval=0.1))

@@ -239,7 +239,10 @@ async def test_scheduled_digest_goes_to_digest_members_only(tmp_path, conf, engi
     assert digest["Subject"] == "members digest, Vol 1, Issue 1"
     assert digest["List-Id"] == "<members.example.org>"
     assert digest["List-Post"] == "<mailto:members@example.org>"
-    assert digest["List-Unsubscribe"] == "<mailto:members-request@example.org?subject=unsubscribe>"
+    link, mailto = digest["List-Unsubscribe"].split(", ")  # the digest member's own one-click link
+    assert link.startswith("<http://127.0.0.1:") and "/unsubscribe/" in link
+    assert mailto == "<mailto:members-request@example.org?subject=unsubscribe>"
+    assert digest["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert digest["From"] == "members-request@example.org" and digest["To"] == "members@example.org"
     assert digest["Return-Path"] == "<members-bounces+dan=example.com@example.org>"  # VERP, as posts
     toc, *parts = digest.iter_parts()

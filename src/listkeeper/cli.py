@@ -626,7 +626,7 @@ def _applied_list(snapshot, list_name: str):
     return lst
 
 
-def _when(ts: float | None) -> str:
+def _when_utc(ts: float | None) -> str:
     import datetime
     if ts is None:
         return "-"
@@ -690,9 +690,9 @@ def digest_status(list_names, at, store_url) -> None:
             trigger = due(settings, waiting, now)
             scheduled = next_scheduled(settings, waiting.oldest)
             upcoming = (f"{waiting.posts} post(s), {waiting.size} of {settings.max_size} bytes pending; next: "
-                        + (f"due now ({trigger})" if trigger else _when(scheduled) if scheduled else
+                        + (f"due now ({trigger})" if trigger else _when_utc(scheduled) if scheduled else
                            "when the size is reached or by hand"))
-        sent = f"last: Vol {last.volume}, Issue {last.issue} at {_when(last.sent_at)}" if last else "none sent yet"
+        sent = f"last: Vol {last.volume}, Issue {last.issue} at {_when_utc(last.sent_at)}" if last else "none sent yet"
         click.echo(f"{lst.name}: {upcoming}; {sent}; schedule {settings.schedule!r} {settings.timezone}"
                    + ("" if members else "; no digest members"))
 

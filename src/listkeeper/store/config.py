@@ -11,9 +11,13 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import OperationalError
 
 from .tables import (
-    archive_pending, archives, deliveries, digest_pending, digests, event_counters, event_fires, messages, meta,
-    resources, subscribers,
+    archive_pending, archives, bounces, confirmations, deliveries, digest_pending, digests, event_counters,
+    event_fires, holds, messages, meta, resources, subscribers, subscription_changes,
 )
+
+# a list's runtime data besides its messages: renamed with the list, purged with it
+LIST_TABLES = (subscribers, event_counters, event_fires, digest_pending, digests, archive_pending, archives, holds,
+               confirmations, bounces, subscription_changes)
 
 
 class LockTimeout(Exception):
@@ -142,8 +146,7 @@ def rename(conn: Connection, kind: str, old: str, new: str) -> None:
                          f"retention period ends); rename to another name, or purge it first")
     conn.execute(update(resources).where(resources.c.kind == kind, resources.c.name == old).values(name=new))
     if kind == "MailingList":
-        for table in (messages, subscribers, event_counters, event_fires, digest_pending, digests, archive_pending,
-                      archives):
+        for table in (messages, *LIST_TABLES):
             conn.execute(update(table).where(table.c.list_name == old).values(list_name=new))
 
 
@@ -154,7 +157,7 @@ def purge_deleted(conn: Connection, before: float) -> list[str]:
     for name in names:
         post_ids = select(messages.c.id).where(messages.c.list_name == name)
         conn.execute(delete(deliveries).where(deliveries.c.message_id.in_(post_ids)))
-        for table in (digest_pending, digests, archive_pending, archives):
+        for table in LIST_TABLES:
             conn.execute(delete(table).where(table.c.list_name == name))
         conn.execute(delete(messages).where(messages.c.list_name == name))
         conn.execute(delete(resources).where(resources.c.kind == "MailingList", resources.c.name == name))
