@@ -23,11 +23,13 @@ MANIFESTS = sorted(
 
 
 def test_committed_schemas_are_fresh(tmp_path):
-    subprocess.run([sys.executable, "-m", "listkeeper", "schema", "--out", str(tmp_path)], check=True,
-                   capture_output=True)
-    generated = {p.name: p.read_text() for p in tmp_path.iterdir()}
+    subprocess.run([sys.executable, "-m", "listkeeper", "schema", "--out", str(tmp_path / "schemas"),
+                    "--reference", str(tmp_path / "reference.md")], check=True, capture_output=True)
+    generated = {p.name: p.read_text() for p in (tmp_path / "schemas").iterdir()}
     committed = {p.name: p.read_text() for p in (REPO / "schemas").iterdir()}
     assert committed == generated, "schemas/ is stale: run `listkeeper schema` and commit"
+    assert (REPO / "docs" / "reference.md").read_text() == (tmp_path / "reference.md").read_text(), \
+        "docs/reference.md is stale: run `listkeeper schema` and commit"
 
 
 @pytest.mark.parametrize("name", sorted(schemas()))

@@ -68,10 +68,14 @@ def validate(paths: tuple[str, ...]) -> None:
 
 @main.command()
 @click.option("--out", "out", type=click.Path(file_okay=False), default="schemas", show_default=True)
-def schema(out: str) -> None:
-    """Write one JSON Schema (draft 2020-12) per manifest kind."""
+@click.option("--reference", "reference", type=click.Path(dir_okay=False), default="docs/reference.md",
+              show_default=True, help="Where to write the manifest reference (Markdown).")
+def schema(out: str, reference: str) -> None:
+    """Write one JSON Schema (draft 2020-12) per manifest kind, and the manifest reference."""
+    from listkeeper.manifests.reference import write_reference
     for path in write_schemas(Path(out)):
         click.echo(str(path))
+    click.echo(str(write_reference(Path(reference))))
 
 
 @main.command()
