@@ -80,8 +80,9 @@ async def engine_for(tmp_path: Path, store_url: str):
     yield start
     for engine in started:
         try:
-            await asyncio.wait_for(engine.stop(), timeout=20)
-        except asyncio.TimeoutError:  # say what hangs instead of hanging the whole run
+            async with asyncio.timeout(20):
+                await engine.stop()
+        except TimeoutError:  # say what hangs instead of hanging the whole run
             for task in asyncio.all_tasks():
                 task.print_stack()
             raise

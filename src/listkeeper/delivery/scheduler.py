@@ -116,9 +116,10 @@ class Scheduler:
                 continue
             if done:
                 continue
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=settings.run_interval)
-            except asyncio.TimeoutError:
+            try:  # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel and hang the stop
+                async with asyncio.timeout(settings.run_interval):
+                    await self._wake.wait()
+            except TimeoutError:
                 pass
 
     def _release_expired(self) -> None:

@@ -172,7 +172,8 @@ class SmtpConnection:
     async def close(self) -> None:
         try:
             if not self.broken and self._client.is_connected:
-                await asyncio.wait_for(self._client.quit(), 5)
+                async with asyncio.timeout(5):
+                    await self._client.quit()
         except Exception:  # noqa: BLE001 - closing is best effort
             pass
         _close(self._client)
