@@ -470,6 +470,105 @@ def bounces_cmd(list_name, member, everyone, store_url) -> None:
         stale = e.state == "active" and e.score and e.last_at is not None and now - e.last_at >= rules.stale_after
         click.echo(f"{e.address:<40} {e.score:>6g}  {_when(e.last_at):<17} {e.hard:>5} {e.soft:>5}  {e.state}"
                    + (" (score stale)" if stale else ""))
+def _static_list(store, list_name: str):
+    """The applied list a roster belongs to: it must exist and take its members from subscribers, not a query."""
+    from listkeeper.engine.snapshot import load_snapshot
+    lst = next((item for item in load_snapshot(store).lists.values() if item.name == list_name), None)
+    if lst is None:
+        raise click.ClickException(f"no list {list_name!r} in the applied configuration")
+    if lst.spec.members is not None:
+        raise click.ClickException(f"{list_name} is a dynamic list: its regular members come from its query "
+                                   "(spec.members), so it has no roster to import or export")
+    return lst
+
+
+@members.command("import")
+@click.argument("list_name")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
+@store_option
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def members_import(list_name, file, store_url, quiet) -> None:
+    """Add or update a list's subscribers from a CSV roster (address,name,roles,state), as members export
+    writes it. Running it again changes nothing. Lines that cannot be imported are named; exit 1 if any."""
+    import io
+    import os
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    from listkeeper.store import imports, roster
+    console = Console(stderr=True)
+    with _store(store_url) as store:
+        _static_list(store, list_name)
+        try:
+            raw = sys.stdin.buffer if file == "-" else open(file, "rb")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise click.ClickException(f"cannot read {file}: {exc.strerror or exc}") from None
+        size = os.fstat(raw.fileno()).st_size if file != "-" else None
+        text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
+        bar = Progress(TextColumn("importing into {task.description}"), BarColumn(),
+                       TextColumn("{task.fields[rows]} rows"), TimeRemainingColumn(), console=console,
+                       disable=quiet or not console.is_terminal)
+        try:
+            with bar:
+                task = bar.add_task(list_name, total=size or None, rows=0)
+
+                def advance(report) -> None:
+                    bar.update(task, completed=raw.tell() if size else 0, rows=report.rows)
+
+                report = imports.import_roster(store, list_name, roster.read(text), on_chunk=advance)
+                bar.update(task, completed=size or 0)
+        except roster.RosterError as exc:
+            raise click.ClickException(f"{file}: {exc}; rows before it were imported, run again once it is "
+                                       "fixed") from None
+        finally:
+            if file != "-":
+                text.close()
+    for item in sorted([*report.problems, *report.notes]):
+        click.echo(str(item), err=True)
+    counts = [f"{report.added} added", f"{report.updated} updated", f"{report.unchanged} unchanged"]
+    if report.skipped:
+        counts.append(f"{report.skipped} skipped (manifest)")
+    if report.problems:
+        counts.append(f"{len(report.problems)} line(s) not imported")
+    if report.changed:
+        click.echo(f"{file} into {list_name}: {', '.join(counts)}; {report.joined} joined, {report.left} left.")
+    else:
+        click.echo(f"{file} into {list_name}: nothing changed ({', '.join(counts[2:])}).")
+    if report.problems:
+        raise SystemExit(1)
+
+
+@members.command("export")
+@click.argument("list_name")
+@click.argument("file", required=False, default="-", type=click.Path(dir_okay=False, allow_dash=True))
+@store_option
+def members_export(list_name, file, store_url) -> None:
+    """Write a list's subscribers as a CSV roster (address,name,roles,state) to FILE or stdout;
+    members import reads it back."""
+    import io
+    import os
+    from listkeeper.store import imports, roster
+    with _store(store_url) as store:
+        _static_list(store, list_name)
+        with store.engine.connect() as conn:
+            rows = imports.exported(conn, list_name)
+            if file == "-":
+                out = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", newline="")
+                roster.write(rows, out)
+                out.detach()
+                return
+            path = Path(file)
+            partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+            try:  # written aside and renamed: an interrupted export never leaves half a file under FILE's name
+                with open(partial, "w", encoding="utf-8", newline="") as out:
+                    count = roster.write(rows, out)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(partial, path)
+            except OSError as exc:
+                raise click.ClickException(f"cannot write {file}: {exc.strerror or exc}") from None
+            finally:
+                partial.unlink(missing_ok=True)
+    click.echo(f"{count} member(s) of {list_name} written to {file}.")
 
 
 def _moment(value: str | None) -> float:
