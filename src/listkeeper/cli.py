@@ -188,6 +188,9 @@ def serve(paths, store_url, host, port, prune, log_level, use_uvloop, tick_inter
 
     def ready(engine) -> None:
         snap = engine.snapshot
+        if generation is not None:  # announced once the engine listens, so its Notifications see it
+            from listkeeper import notify
+            notify.emit("config.applied", generation=generation, source="serve")
         if engine.web is not None:
             click.echo(f"one-click unsubscribe on {engine.web.url}{'' if not base_url else ' as ' + base_url}",
                        err=True)
