@@ -241,7 +241,10 @@ async def test_time_of_day_and_weekday_conditions_follow_the_injected_clock(tmp_
     timezone: Europe/Berlin"""),
                      notification("always", "message.barred", f"""
     - type: log
-      path: {every}"""))
+      path: {every}"""),
+                     notification("switched-off", "message.barred", f"""
+    - type: log
+      path: {tmp_path / 'never.jsonl'}""", "  enabled: false"))
     engine = await engine_for(conf)
     berlin = [  # (local time in Berlin, in office hours)
         ("2030-03-02T10:00", False),  # a Saturday
@@ -260,6 +263,7 @@ async def test_time_of_day_and_weekday_conditions_follow_the_injected_clock(tmp_
     expected = {datetime.fromisoformat(local + ("+02:00" if local.startswith("2030-07") else "+01:00"))
                 .astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") for local, ok in berlin if ok}
     assert stamps == expected
+    assert not (tmp_path / "never.jsonl").exists()  # a rule that is not enabled runs nothing
 
 
 async def test_email_action_is_queued_through_the_engine(tmp_path, engine_for):
@@ -408,3 +412,38 @@ def test_serve_announces_the_configuration_it_applied(tmp_path):
     (line,) = lines(log_file)
     assert line["event"]["type"] == "config.applied"
     assert line["event"]["attributes"] == {"generation": 1, "source": "serve"}
+
+
+async def test_bounces_and_commands_by_mail_are_announced_after_their_transaction(tmp_path, engine_for):
+    from .test_bounce_reports import sample
+    from .test_bounces import LIST, VERP_ALICE
+
+    log_file = tmp_path / "events.jsonl"
+    folder = tmp_path / "conf"
+    write(folder, "domain.yaml", DOMAIN)
+    write(folder, "lists.yaml", LIST.replace("  type: discussion\n", "  type: discussion\n  bounces: {threshold: 1}\n"))
+    write(folder, "routes.yaml", pickup_routes(tmp_path / "outbox"))
+    write(folder, "notifications.yaml", notification(
+        "members", "bounce.disabled, subscription.changed, event.fired", f"""
+    - type: log
+      path: {log_file}"""))
+    engine = await engine_for(folder, housekeeping_interval=0.1)
+    async with aiosmtplib.SMTP(hostname="127.0.0.1", port=engine.port, start_tls=False) as smtp:
+        await smtp.mail("")  # a bounce, to alice's VERP address
+        await smtp.rcpt(VERP_ALICE)
+        assert (await smtp.data(sample("postfix.eml"))).code == 250
+    for sender, command in (("bob@example.net", "digest on"), ("kim@example.net", "event join")):
+        await send(engine.port, sender, ["members-request@example.org"],
+                   f"From: {sender}\r\nTo: members-request@example.org\r\nSubject: {command}\r\n\r\n".encode())
+    await wait_for(lambda: len(lines(log_file)) == 4)
+    seen = {(x["event"]["type"], tuple(sorted(x["event"]["attributes"].items()))) for x in lines(log_file)}
+    assert seen == {
+        ("bounce.disabled", (("address", "alice@example.net"), ("list", "members"), ("score", 1.0),
+                             ("threshold", 1.0))),
+        ("subscription.changed", (("action", "disabled"), ("address", "alice@example.net"), ("list", "members"),
+                                  ("source", "bounce"))),
+        ("subscription.changed", (("action", "digest_on"), ("address", "bob@example.net"), ("list", "members"),
+                                  ("source", "mail"))),
+        ("event.fired", (("address", "kim@example.net"), ("event", "join"), ("list", "members"), ("source", "mail"),
+                         ("subscribers", 1))),
+    }
