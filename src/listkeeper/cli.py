@@ -192,6 +192,9 @@ def serve(paths, store_url, host, port, prune, log_level, use_uvloop, tick_inter
 
     def ready(engine) -> None:
         snap = engine.snapshot
+        if generation is not None:  # announced once the engine listens, so its Notifications see it
+            from listkeeper import notify
+            notify.emit("config.applied", generation=generation, source="serve")
         if engine.web is not None:
             click.echo(f"one-click unsubscribe on {engine.web.url}{'' if not base_url else ' as ' + base_url}",
                        err=True)
@@ -831,3 +834,56 @@ def archive_list(list_name, limit, store_url) -> None:
     if waiting:
         click.echo(f"{waiting} accepted post(s) not archived yet: the next housekeeping round writes them "
                    f"(serve runs one every minute; or run 'listkeeper tick').")
+
+
+# -- reports -----------------------------------------------------------------------------------------------
+
+@main.group()
+def report() -> None:
+    """Reports: print one, or send it now (serve sends them on their schedules)."""
+
+
+def _report(store_url, name: str, since: str | None, send: bool):
+    from listkeeper.engine.snapshot import load_snapshot
+    from listkeeper.notify import reports
+    from listkeeper.store import queue as store_queue
+    with _store(store_url) as store:
+        snapshot = load_snapshot(store)
+        if name not in snapshot.reports:
+            known = ", ".join(sorted(snapshot.reports)) or "none"
+            raise click.ClickException(f"no report {name!r} in the applied configuration (reports: {known})")
+        now = store.now()
+        start = _moment(since) if since else None
+        if start is not None and start >= now:
+            raise click.BadParameter(f"{since} is not in the past", param_hint="--since")
+        with store.engine.begin() as conn:
+            if not send:
+                spec = snapshot.reports[name]
+                return reports.build(conn, name, spec, start if start is not None else
+                                     reports.period_start(conn, name, spec, now), now)
+            built, post = reports.run_now(conn, snapshot, name, now, start)
+            store_queue.insert_posts(conn, [(None, snapshot.generation, post)], now)
+    return built
+
+
+@report.command("show")
+@click.argument("name")
+@click.option("--since", metavar="TIME", help="Start of the period (ISO, UTC unless given); default: the last run.")
+@store_option
+def report_show(name, since, store_url) -> None:
+    """Print the report as its next mail would hold it (nothing is sent or recorded)."""
+    from listkeeper.notify.reports import render_text
+    click.echo(render_text(_report(store_url, name, since, send=False)), nl=False)
+
+
+@report.command("run")
+@click.argument("name")
+@click.option("--since", metavar="TIME", help="Start of the period (ISO, UTC unless given); the run is then not "
+                                              "recorded, so the scheduled report still covers its whole period.")
+@store_option
+def report_run(name, since, store_url) -> None:
+    """Send the report now: queued for its recipients, covering the time since its last run (or --since)."""
+    from listkeeper.notify.reports import subject_of
+    built = _report(store_url, name, since, send=True)
+    click.echo(f"{name}: {len(built.table.rows)} row(s) queued for {', '.join(built.spec.recipients)}: "
+               f"{subject_of(built)}")

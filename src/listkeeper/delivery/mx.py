@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from listkeeper import notify
 from listkeeper.manifests.routes import TlsMode
 
 from .lifecycle import Event
@@ -32,7 +33,9 @@ async def connect_mx(domain: str, resolver: MxResolver, port: int, timeout: floa
     When none does, the last failure comes back as temporary even if it was a 5xx greeting:
     one host refusing us says nothing final about the domain (Postfix's smtp_skip_5xx_greeting)."""
     targets = await mx_targets(domain, resolver)
-    if isinstance(targets, Result):
+    if isinstance(targets, Result):  # no host to connect to: the domain itself is the server in question
+        notify.emit("smtp.connection_failed", server=domain, port=port, tls=TlsMode.opportunistic.value, auth=False,
+                    error=targets.detail, stage="dns")
         return targets
     last = Result(Event.temporary, f"no MX host of {domain} answered")
     for host, address in targets:

@@ -17,6 +17,7 @@ from pathlib import Path
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from listkeeper import notify
 from listkeeper.manifests.routes import PickupRoute
 from listkeeper.store import Store
 from listkeeper.store import queue as store_queue
@@ -336,6 +337,13 @@ class Scheduler:
             self.delivered += 1
             if snapshot.delivery.backup is not None:
                 self._backups.append((due, self._data(due)))
+        if state is State.deferred:
+            notify.emit("delivery.failed", address=due.recipient, sender=due.return_path, destination=transport,
+                        error=result.detail, attempts=due.attempts + 1, message_id=due.message_id, retry_at=retry_at)
+        elif state is State.failed:
+            notify.emit("delivery.final_failed", address=due.recipient, sender=due.return_path,
+                        destination=transport, error=result.detail, attempts=due.attempts + 1,
+                        message_id=due.message_id, reason=event.value)
         if state is State.failed:
             self._failures.append((due, Result(event, result.detail)))
         else:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import aiosmtplib
 
+from listkeeper import notify
 from listkeeper.manifests.routes import PickupRoute, RelaySpec, TlsMode
 
 from .lifecycle import Event
@@ -116,14 +117,20 @@ class SmtpConnection:
                 await client.login(username, password or "")
         except aiosmtplib.SMTPAuthenticationError as exc:
             _close(client)
-            return Result(Event.temporary, f"{where}: login failed: {exc.code} {exc.message}")
+            result, stage = Result(Event.temporary, f"{where}: login failed: {exc.code} {exc.message}"), "auth"
         except aiosmtplib.SMTPResponseException as exc:
             _close(client)
-            return Result(Event.temporary if exc.code < 500 else Event.permanent, f"{where}: {exc.code} {exc.message}")
+            result = Result(Event.temporary if exc.code < 500 else Event.permanent, f"{where}: {exc.code} {exc.message}")
+            stage = "greeting"
         except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
             _close(client)
-            return Result(Event.temporary, f"{where}: cannot connect: {type(exc).__name__}: {exc}")
-        return cls(client, where)
+            result = Result(Event.temporary, f"{where}: cannot connect: {type(exc).__name__}: {exc}")
+            stage = "tls" if isinstance(exc, ssl.SSLError) or "TLS" in str(exc) else "connect"
+        else:
+            return cls(client, where)
+        notify.emit("smtp.connection_failed", server=server_hostname or host, port=port, tls=tls.value,
+                    auth=username is not None, error=result.detail, stage=stage)
+        return result
 
     async def send(self, job: Job) -> Result:
         try:

@@ -31,6 +31,7 @@ from email.policy import SMTP
 
 from sqlalchemy.engine import Connection
 
+from listkeeper import notify
 from listkeeper.manifests.addresses import unverp
 from listkeeper.manifests.lists import Bounces
 from listkeeper.store import bounces as store_bounces
@@ -152,6 +153,10 @@ def count(conn: Connection, snapshot: Snapshot, lst: ListConfig, post: BouncePos
         return []
     subscribers.disable(conn, lst.name, member.address, now, "bounce",
                         f"bounce score {verdict.score:g} reached the threshold {rules.threshold:g}")
+    notify.on_commit(conn, "bounce.disabled", list=lst.name, address=member.address, score=verdict.score,
+                     threshold=rules.threshold)
+    notify.on_commit(conn, "subscription.changed", list=lst.name, address=member.address, action="disabled",
+                     source="bounce")
     log.warning("bounce list=%s address=%s: delivery disabled (score %g, threshold %g)", lst.name, member.address,
                 verdict.score, rules.threshold)
     if not rules.notify_owner:

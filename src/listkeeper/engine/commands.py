@@ -28,6 +28,7 @@ from email.utils import getaddresses
 from sqlalchemy import select, update
 from sqlalchemy.engine import Connection
 
+from listkeeper import notify
 from listkeeper.manifests.events import BUILT_IN
 from listkeeper.store import autoresponses, subscribers
 from listkeeper.store.queue import PostRecord
@@ -235,6 +236,8 @@ def do_digest(ctx: Context, cmd: Command) -> str:
     if member is None or not member.receiving:
         return f"{ctx.sender} is not subscribed to {lst.spec.address}; nothing changed."
     if subscribers.set_digest(ctx.conn, lst.name, ctx.sender, on, ctx.now, "mail"):
+        notify.on_commit(ctx.conn, "subscription.changed", list=lst.name, address=ctx.sender,
+                         action="digest_on" if on else "digest_off", source="mail")
         return (f"{ctx.sender} now receives {lst.spec.address} as a digest." if on else
                 f"{ctx.sender} now receives each post to {lst.spec.address} as it is sent.")
     return f"Digest mode for {ctx.sender} on {lst.spec.address} is already {'on' if on else 'off'}; nothing changed."
@@ -254,10 +257,14 @@ def _confirm_subscription(ctx: Context, token: str) -> str | None:
                                        digest=bool(detail.get("digest")))
         if result == "already":
             return f"{row.address} is already subscribed to {lst.spec.address}; nothing changed."
+        notify.on_commit(ctx.conn, "subscription.changed", list=lst.name, address=row.address,
+                         action="join" if result == "joined" else result, source="mail")
         mode = "a digest of " if detail.get("digest") else ""
         return (f"Welcome: {row.address} now receives {mode}{lst.spec.address}. To leave, send 'unsubscribe' to "
                 f"{lst.address_for('request')}, or use the List-Unsubscribe link in any post.")
     if subscribers.unsubscribe(ctx.conn, lst.name, row.address, ctx.now, "mail"):
+        notify.on_commit(ctx.conn, "subscription.changed", list=lst.name, address=row.address, action="leave",
+                         source="mail")
         return f"{row.address} was unsubscribed from {lst.spec.address}. Goodbye."
     return f"{row.address} was not subscribed to {lst.spec.address}; nothing changed."
 
@@ -316,6 +323,8 @@ def do_event(ctx: Context, cmd: Command) -> str:
     event = next((e for e in spec.events if e.name == name), None)
     fired = list_events.fire(ctx.conn, lst, event, name, [target], ctx.snapshot, ctx.now)
     log.info("event.fired list=%s event=%s by=mail for=%s", lst.name, fired.event, target)
+    notify.on_commit(ctx.conn, "event.fired", list=lst.name, event=fired.event, subscribers=1, source="mail",
+                     address=target)
     return f"Event {name} fired for {target} on {spec.address}."
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.engine import Connection
 
+from listkeeper.notify import reports
 from listkeeper.store import Store
 from listkeeper.store import autoresponses
 from listkeeper.store import queue as store_queue
@@ -37,6 +38,7 @@ JOBS: dict[str, Job] = {
     "bounces.forget_stale": bounces.forget_stale,
     "archive.write": archive.archive_pending,
     "digests.send": digests.send_due,
+    "reports.send": reports.send_due,
 }
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.engine import Connection
 
+from listkeeper import notify
 from listkeeper.store import subscribers
 
 from .fanout import unsubscribe_mailto
@@ -151,5 +152,7 @@ def leave(conn: Connection, lst: ListConfig, address: str, now: float) -> str:
     else:
         left = subscribers.unsubscribe(conn, lst.name, address, now, "web", "one-click")
     if left:
+        notify.on_commit(conn, "subscription.changed", list=lst.name, address=address.lower(), action="leave",
+                         source="web")
         return "unsubscribed"
     return "already unsubscribed" if standing(conn, lst, address) == "unsubscribed" else "not a member"

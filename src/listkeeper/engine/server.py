@@ -10,7 +10,9 @@ from pathlib import Path
 
 from aiosmtpd.smtp import SMTP
 
+from listkeeper import notify
 from listkeeper.delivery.scheduler import Scheduler
+from listkeeper.notify.dispatch import Dispatcher
 from listkeeper.store import Store
 from listkeeper.store.queue import InboundRecord, PostRecord
 from listkeeper.store.signing import signing_key
@@ -54,6 +56,7 @@ class Engine:
     tasks: list[asyncio.Task] = field(default_factory=list)
     web: WebListener | None = None
     links: Links | None = None
+    notifications: Dispatcher | None = None
 
     def current(self) -> Snapshot:
         return self.snapshot
@@ -61,6 +64,8 @@ class Engine:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         await self._start_links()
+        self.notifications = Dispatcher(self.current, self.inject, self.store.now)
+        self.notifications.start()
         self.scheduler = Scheduler(self.store, self.current, inject=self.inject,
                                    personalise=self.links.personal_copy)
         self.spool = Spool(self.store, on_commit=self.scheduler.wake)
@@ -76,6 +81,7 @@ class Engine:
         except OSError:
             if self.web is not None:
                 await self.web.close()
+            await self.notifications.close()
             raise
         self.tasks.append(asyncio.create_task(self.scheduler.run(), name="delivery-scheduler"))
         self.tasks.append(asyncio.create_task(self._ticks(), name="event-ticks"))
@@ -116,6 +122,8 @@ class Engine:
                 continue
             for item in fired:
                 log.info("event.fired list=%s event=%s count=%d", item.list_name, item.event, len(item.addresses))
+                notify.emit("event.fired", list=item.list_name, event=item.event, subscribers=len(item.addresses),
+                            source="tick")
             if fired:
                 self.scheduler.wake()
 
@@ -154,6 +162,8 @@ class Engine:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.notifications is not None:  # before the spool: an email action queues through it
+            await self.notifications.close()
         if self.spool is not None:
             await asyncio.to_thread(self.spool.close)
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from listkeeper import notify
 from listkeeper.store import refusals
 
 from .barring import barred_sender, barred_size
@@ -40,6 +41,9 @@ class ListHandler:
         """Every refusal of inbound mail is logged and recorded with its rule (the barring report)."""
         peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer or "")
         log.info("smtp.refused from=%s peer=%s rule=%s reason=%s reply=%r", mail_from or "<>", peer, rule, reason, reply)
+        recipients = tuple(recipients)
+        notify.emit("message.barred", sender=mail_from or "", address=recipients[0] if recipients else "",
+                    recipients=recipients, remote_ip=peer, rule=rule, reason=reason)
         try:
             await asyncio.to_thread(self._record_refusal, peer, mail_from, list(recipients), rule, reason, reply)
         except Exception:  # recording is best effort; the refusal itself stands

@@ -12,6 +12,8 @@ from listkeeper.manifests.directory import MemberDirectorySpec
 from listkeeper.manifests.domains import DomainSpec
 from listkeeper.manifests.kinds import KINDS
 from listkeeper.manifests.lists import MailingListSpec
+from listkeeper.manifests.notifications import NotificationSpec
+from listkeeper.manifests.reports import ReportSpec
 from listkeeper.manifests.routes import Delivery, Dns, RelaySpec, Route
 from listkeeper.store import Store
 from listkeeper.store import config as applied_config
@@ -47,6 +49,8 @@ class Snapshot:
     suppressed_domains: tuple[str, ...] = ()
     directories: Mapping[str, MemberDirectorySpec] = field(default_factory=lambda: MappingProxyType({}))
     barring: tuple[BarringSpec, ...] = ()
+    notifications: Mapping[str, NotificationSpec] = field(default_factory=lambda: MappingProxyType({}))  # by name
+    reports: Mapping[str, ReportSpec] = field(default_factory=lambda: MappingProxyType({}))  # by name
 
     def hostname(self, domain: str | None = None) -> str:
         if domain in self.domains:
@@ -70,6 +74,8 @@ def load_snapshot(store: Store) -> Snapshot:
     patterns: list[str] = []
     directories: dict[str, MemberDirectorySpec] = {}
     barring: list[BarringSpec] = []
+    notifications: dict[str, NotificationSpec] = {}
+    reports: dict[str, ReportSpec] = {}
     for (kind, name), item in sorted(applied.items()):
         spec = _spec(kind, name, item.spec)
         if kind == "Domain":
@@ -84,9 +90,14 @@ def load_snapshot(store: Store) -> Snapshot:
             directories[name] = spec
         elif kind == "Barring":
             barring.append(spec)
+        elif kind == "Notification":
+            notifications[name] = spec
+        elif kind == "Report":
+            reports[name] = spec
         elif kind == "SuppressionList":
             addresses.update(spec.addresses)
             patterns.extend(spec.domains)
     return Snapshot(generation, MappingProxyType(domains), MappingProxyType(lists), routes,
                     MappingProxyType(relays), delivery, dns_settings, frozenset(addresses), tuple(patterns),
-                    MappingProxyType(directories), tuple(barring))
+                    MappingProxyType(directories), tuple(barring), MappingProxyType(notifications),
+                    MappingProxyType(reports))

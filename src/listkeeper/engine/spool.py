@@ -8,6 +8,7 @@ import queue as thread_queue
 import threading
 from collections.abc import Callable
 
+from listkeeper import notify
 from listkeeper.store import Store
 from listkeeper.store import queue as store_queue
 from listkeeper.store.queue import InboundRecord
@@ -69,6 +70,15 @@ class Spool:
         for (_, future, loop), message_id in zip(batch, ids):
             loop.call_soon_threadsafe(_settle, future, message_id, None)
         self._on_commit()
+        for (record, _, _), message_id in zip(batch, ids):
+            _announce_holds(record, message_id)
+
+
+def _announce_holds(record: InboundRecord, message_id: int) -> None:
+    for post in record.posts:
+        if post.hold is not None:
+            notify.emit("moderation.held", list=post.list_name, sender=post.hold.sender, subject=post.hold.subject,
+                        reason=post.reason, message_id=message_id)
 
 
 def _settle(future: asyncio.Future, result, exc) -> None:

@@ -201,6 +201,7 @@ event_fires = Table(
     Column("at", Float, nullable=False),
 )
 Index("ix_event_fires_list", event_fires.c.list_name, event_fires.c.event)
+Index("ix_event_fires_at", event_fires.c.at)  # the events report reads a period
 
 # every digest sent: its list, number and size; the newest row numbers the next one
 digests = Table(
@@ -231,4 +232,13 @@ archives = Table(
     Column("archived", Integer, nullable=False),
     Column("mbox_size", Integer, nullable=True),
     Column("updated_at", Float, nullable=False),
+)
+
+# each Report's last run: the next one covers the time since
+report_runs = Table(
+    "report_runs", metadata,
+    Column("name", String(253), primary_key=True),
+    Column("last_run_at", Float, nullable=False),
+    Column("rows", Integer, nullable=False),
+    Column("trigger", String(16), nullable=False),  # start (first seen: nothing sent) | schedule | hand
 )
