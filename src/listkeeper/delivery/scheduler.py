@@ -28,6 +28,7 @@ from .destinations import Destination, destination_for, is_suppressed
 from .lifecycle import Event, RetryPolicy, State, next_state
 from .mx import connect_mx
 from .resolver import MxResolver
+from .signing import Signing
 from .transports import Job, Result, SmtpConnection, connect_relay, deliver_pickup
 
 log = logging.getLogger("listkeeper.delivery")
@@ -93,6 +94,7 @@ class Scheduler:
         self._in_queue = 0
         self._flushed_at = 0.0
         self._resolvers: dict[object, MxResolver] = {}
+        self._signing = Signing()  # DKIM keys of the current configuration, parsed once
         self.delivered = 0
 
     def wake(self) -> None:
@@ -220,8 +222,10 @@ class Scheduler:
         return bodies, personal
 
     def _data(self, due: Due) -> bytes:
+        """The copy as it leaves: per-recipient headers, then (the last change) its DKIM signature."""
         maker = self._personal.get(due.message_id)
-        return maker.for_recipient(due.recipient) if maker is not None else self._bodies[due.message_id]
+        data = maker.for_recipient(due.recipient) if maker is not None else self._bodies[due.message_id]
+        return self._signing.sign(data, due.return_path, self._current(), self._clock())
 
     def _job(self, due: Due) -> Job:
         return Job(due.delivery_id, due.recipient, due.return_path, self._data(due))
