@@ -16,14 +16,17 @@ from listkeeper.manifests.lists import ListType
 from listkeeper.store.queue import Hold, InboundRecord, PostRecord
 
 from . import commands, moderation
+from .dmarc import PosterPolicy, mitigated
 from .headers import RawMessage
 from .membership import Membership, from_manifests, lists_consulted, moderators, receivers
 from .policy import Decision, Submission, decide, list_id
 from .recipients import Recipient, Target
+from .signatures import keep_valid_signatures
 from .snapshot import ListConfig, Snapshot
 
 log = logging.getLogger("listkeeper.policy")
 
+PER_RECIPIENT = frozenset({"list-unsubscribe", "list-unsubscribe-post"})  # set again at delivery
 LIST_HEADERS = ("list-id", "list-post", "list-unsubscribe", "list-help", "list-owner",
                 "list-subscribe", "list-archive", "list-unsubscribe-post", "precedence", "return-path")
 
@@ -77,7 +80,8 @@ def list_copy(message: RawMessage, lst: ListConfig, hostname: str, now: float) -
     """The list's copy: RFC 2369/2919 headers, subject prefix, loop marker; the body untouched.
 
     Stored once for all recipients: the per-recipient one-click link and List-Unsubscribe-Post are
-    added when each copy is delivered."""
+    added when each copy is delivered. The poster's DKIM signatures stay only if nothing they cover
+    changed."""
     spec = lst.spec
     out = message.without(*LIST_HEADERS)
     prefix = spec.subject_prefix
@@ -100,7 +104,7 @@ def list_copy(message: RawMessage, lst: ListConfig, hostname: str, now: float) -
            .with_field("List-Owner", f"<mailto:{lst.address_for('owner')}>")
            .with_field("Precedence", "list")
            .with_field("X-Loop", spec.address))
-    return out.to_bytes()
+    return keep_valid_signatures(message, out, PER_RECIPIENT).to_bytes()
 
 
 def _with(recipients, extra: str):
@@ -110,11 +114,13 @@ def _with(recipients, extra: str):
 
 
 def fan_out(data: bytes, mail_from: str, recipients: list[Recipient], snapshot: Snapshot,
-            now: float | None = None, membership: Membership | None = None) -> InboundRecord | Refused:
+            now: float | None = None, membership: Membership | None = None,
+            dmarc: PosterPolicy | None = None) -> InboundRecord | Refused:
     """Decide every recipient's fate; refuse the whole message if any list refuses it.
 
     `membership` holds the senders' roles from the store (engine/membership.py); without it the
-    manifests' roles are used, which is what pure callers such as tests want."""
+    manifests' roles are used, which is what pure callers such as tests want. `dmarc` is the From
+    domain's DMARC policy (engine/dmarc.py), looked up before for lists that mitigate."""
     now = time.time() if now is None else now
     message = RawMessage.parse(data)
     senders = senders_of(message, mail_from)
@@ -133,7 +139,7 @@ def fan_out(data: bytes, mail_from: str, recipients: list[Recipient], snapshot: 
                 return Refused(verdict.reply, verdict.rule, verdict.reason)
             state = {Decision.accept: "queued", Decision.hold: "held", Decision.discard: "discarded"}[verdict.decision]
             hostname = snapshot.hostname(lst.domain)
-            copy = list_copy(message, lst, hostname, now)
+            copy = list_copy(mitigated(message, lst, dmarc, hostname, now), lst, hostname, now)
             hold = None
             if state == "held":
                 sender = next(iter(sorted(senders - {mail_from.lower()})), mail_from.lower()) if senders else ""
