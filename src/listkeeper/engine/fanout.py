@@ -21,6 +21,7 @@ from .headers import RawMessage
 from .membership import Membership, from_manifests, lists_consulted, moderators, receivers
 from .policy import Decision, Submission, decide, list_id
 from .recipients import Recipient, Target
+from .replies import automated_reason
 from .signatures import keep_valid_signatures
 from .snapshot import ListConfig, Snapshot
 
@@ -44,22 +45,6 @@ def senders_of(message: RawMessage, mail_from: str) -> frozenset[str]:
         if addr:
             senders.add(addr.lower())
     return frozenset(senders)
-
-
-def automated_reason(message: RawMessage, mail_from: str) -> str:
-    """Why a message is a bounce or an auto-reply (RFC 3834 and common practice), or ''."""
-    if not mail_from:
-        return "a bounce (null envelope sender)"
-    if mail_from.lower().startswith(("mailer-daemon@", "postmaster@")):
-        return f"a bounce (envelope sender {mail_from})"
-    auto = (message.get("auto-submitted") or "no").strip().lower()
-    if not auto.startswith("no"):
-        return f"an automatic message (Auto-Submitted: {auto})"
-    if message.get("x-autoreply") is not None or message.get("x-autorespond") is not None:
-        return "an auto-reply (X-Autoreply)"
-    if (message.get("precedence") or "").strip().lower() == "auto_reply":
-        return "an auto-reply (Precedence: auto_reply)"
-    return ""
 
 
 def submission_of(message: RawMessage, mail_from: str, size: int,
