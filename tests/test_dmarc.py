@@ -287,3 +287,13 @@ async def test_a_valid_poster_signature_travels_beside_ours(tmp_path, conf, post
         ours, theirs = dkim.DKIM(data), dkim.DKIM(data)
         assert ours.verify(idx=0, dnsfunc=dnsfunc_for(poster_key[2])) and ours.domain == b"example.org"
         assert theirs.verify(idx=1, dnsfunc=dnsfunc_for(poster_key[2])) and theirs.domain == b"strict.test"
+
+
+def test_a_long_reply_to_is_folded_and_the_header_stays_whole():
+    many = ", ".join(f"Team Member {i} <member-number-{i}@strict.test>" for i in range(8))
+    out = munge(RawMessage.parse(post("Zed <zed@strict.test>", extra=f"Reply-To: {many}\r\n")), TALK).to_bytes()
+    head, body = out.split(b"\r\n\r\n", 1)
+    assert body == b"Hello list.\r\n" and all(len(line) <= 78 for line in head.split(b"\r\n"))
+    mail = message_from_bytes(out, policy=default)
+    assert [a.addr_spec for a in mail["Reply-To"].addresses][-1] == "zed@strict.test"
+    assert len(mail["Reply-To"].addresses) == 9

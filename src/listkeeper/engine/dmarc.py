@@ -23,7 +23,7 @@ import dns.rdatatype
 from listkeeper.delivery.resolver import Failure, MxResolver
 from listkeeper.manifests.lists import DmarcMitigation
 
-from .headers import RawMessage
+from .headers import RawMessage, field_line
 from .recipients import Recipient, Target
 from .signatures import keep_valid_signatures
 from .snapshot import ListConfig, Snapshot
@@ -180,7 +180,7 @@ def _list_from(message: RawMessage, lst: ListConfig) -> tuple[str, str]:
     poster = parseaddr(original)[1].lower()
     if poster and poster not in {a.lower() for _, a in getaddresses(reply_to)}:
         reply_to = reply_to + [original]
-    return shown, ("," + message.eol.decode() + " ").join(reply_to)
+    return shown, ", ".join(reply_to)
 
 
 def munge(message: RawMessage, lst: ListConfig) -> RawMessage:
@@ -199,9 +199,9 @@ def wrap(message: RawMessage, lst: ListConfig, hostname: str) -> RawMessage:
     shown, reply_to = _list_from(message, lst)
     eol = message.eol
     original = message.to_bytes()
-    head = [f"From: {shown}".encode() + eol]
+    head = [field_line("From", shown, eol)]
     if reply_to:
-        head.append(f"Reply-To: {reply_to}".encode("utf-8") + eol)
+        head.append(field_line("Reply-To", reply_to, eol))
     head += [raw for name, raw in message.fields if name in WRAP_KEEPS]
     head += [f"Message-ID: <{uuid.uuid4().hex}@{hostname}>".encode() + eol,
              b"MIME-Version: 1.0" + eol,
