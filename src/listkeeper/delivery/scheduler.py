@@ -24,11 +24,12 @@ from listkeeper.store import queue as store_queue
 from listkeeper.store import suppressions as store_suppressions
 from listkeeper.store.queue import Due, Outcome
 
-from . import backup, dsn
+from . import backup, downgrade, dsn
 from .destinations import Destination, destination_for, is_suppressed
 from .lifecycle import Event, RetryPolicy, State, next_state
 from .mx import connect_mx
 from .resolver import MxResolver
+from .signing import Signing
 from .transports import Job, Result, SmtpConnection, connect_relay, deliver_pickup
 
 log = logging.getLogger("listkeeper.delivery")
@@ -94,6 +95,7 @@ class Scheduler:
         self._in_queue = 0
         self._flushed_at = 0.0
         self._resolvers: dict[object, MxResolver] = {}
+        self._signing = Signing()  # DKIM keys of the current configuration, parsed once
         self.delivered = 0
 
     def wake(self) -> None:
@@ -221,12 +223,20 @@ class Scheduler:
                 personal[mid] = maker
         return bodies, personal
 
-    def _data(self, due: Due) -> bytes:
+    def _data(self, due: Due, seven_bit: bool = False) -> bytes:
+        """The copy as it leaves: per-recipient headers, seven bits for a server without 8BITMIME, then
+        (the last change) its DKIM signature."""
         maker = self._personal.get(due.message_id)
-        return maker.for_recipient(due.recipient) if maker is not None else self._bodies[due.message_id]
+        data = maker.for_recipient(due.recipient) if maker is not None else self._bodies[due.message_id]
+        if seven_bit:
+            try:
+                data = downgrade.seven_bit(data)
+            except Exception:  # noqa: BLE001 - the transport then refuses it (5.6.3): reported, never lost
+                log.exception("message %d could not be converted to seven bits", due.message_id)
+        return self._signing.sign(data, due.return_path, self._current(), self._clock())
 
-    def _job(self, due: Due) -> Job:
-        return Job(due.delivery_id, due.recipient, due.return_path, self._data(due))
+    def _job(self, due: Due, seven_bit: bool = False) -> Job:
+        return Job(due.delivery_id, due.recipient, due.return_path, self._data(due, seven_bit))
 
     def _take(self, queue: DestinationQueue) -> Due:
         due = queue.jobs.popleft()
@@ -283,7 +293,7 @@ class Scheduler:
                     due = self._take(queue)
                     await pace.ready()
                     try:
-                        result = await conn.send(self._job(due))
+                        result = await conn.send(self._job(due, seven_bit=not conn.eight_bit))
                     except Exception as exc:  # noqa: BLE001 - recorded, never lost
                         conn.broken = True
                         result = Result(Event.temporary, f"{dest.key}: {type(exc).__name__}: {exc}")

@@ -14,6 +14,7 @@ import aiosmtplib
 from listkeeper import notify
 from listkeeper.manifests.routes import PickupRoute, RelaySpec, TlsMode
 
+from .downgrade import needs
 from .lifecycle import Event
 
 
@@ -132,16 +133,27 @@ class SmtpConnection:
                     auth=username is not None, error=result.detail, stage=stage)
         return result
 
+    @property
+    def eight_bit(self) -> bool:
+        """The server announced 8BITMIME (RFC 6152): 8-bit bodies go as they are."""
+        return self._client.supports_extension("8bitmime")
+
+    @property
+    def smtputf8(self) -> bool:
+        return self._client.supports_extension("smtputf8")
+
     async def send(self, job: Job) -> Result:
+        need = needs(job.data, job.return_path, job.recipient)
+        if need.smtputf8 and not self.smtputf8:
+            return Result(Event.permanent, f"{self.where} does not offer SMTPUTF8, which this message needs "
+                                           "(UTF-8 in an address or a header field); not sent (5.6.7)")
+        if need.eight_bit and not self.eight_bit:  # the scheduler converts such copies; this one could not be
+            return Result(Event.permanent, f"{self.where} does not offer 8BITMIME and the 8-bit body could "
+                                           "not be converted; not sent (5.6.3)")
+        options = (b" BODY=8BITMIME" if (need.eight_bit or need.smtputf8) and self.eight_bit else b"") + \
+            (b" SMTPUTF8" if need.smtputf8 else b"")
         try:
-            if not (job.return_path + job.recipient).isascii():
-                errors, response = await self._client.sendmail(job.return_path, [job.recipient], job.data,
-                                                               mail_options=["SMTPUTF8"])
-                if errors:
-                    code, text = next(iter(errors.values()))
-                    return _classify(code, text, self.where)
-                return Result(Event.delivered, f"{self.where}: {response}")
-            return await self._send_ascii(job)
+            return await self._send(job, options)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             return _classify(exc.recipients[0].code, exc.recipients[0].message, self.where)
         except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError, asyncio.TimeoutError) as exc:
@@ -155,11 +167,11 @@ class SmtpConnection:
             self.broken = True
             return Result(Event.temporary, f"{self.where}: {type(exc).__name__}: {exc}")
 
-    async def _send_ascii(self, job: Job) -> Result:
+    async def _send(self, job: Job, options: bytes) -> Result:
         """MAIL, RCPT, DATA with addresses we validated already: aiosmtplib's sendmail would parse
         both addresses again with the email package, its largest cost per message."""
         client = self._client
-        reply = await client.execute_command(b"MAIL", b"FROM:<" + job.return_path.encode() + b">")
+        reply = await client.execute_command(b"MAIL", b"FROM:<" + job.return_path.encode() + b">" + options)
         if reply.code != 250:
             await self._reset()
             return _classify(reply.code, reply.message, self.where)

@@ -43,7 +43,7 @@ def _header(name: str, value: str) -> bytes:
     value = " ".join(value.split())
     if value.isascii() and len(value) < 900:
         return f"{name}: {value}\r\n".encode()
-    return f"{name}: {Header(value, 'utf-8').encode(maxlinelen=76, linesep=CRLF)}\r\n".encode()
+    return f"{name}: {Header(value, 'utf-8', header_name=name).encode(maxlinelen=76, linesep=CRLF)}\r\n".encode()
 
 
 def template_mail(lst: ListConfig, event: EventSpec, address: str, counters: dict[str, int], hostname: str,

@@ -16,14 +16,18 @@ from listkeeper.manifests.lists import ListType
 from listkeeper.store.queue import Hold, InboundRecord, PostRecord
 
 from . import commands, moderation
+from .dmarc import PosterPolicy, mitigated
 from .headers import RawMessage
 from .membership import Membership, from_manifests, lists_consulted, moderators, receivers
 from .policy import Decision, Submission, decide, list_id
 from .recipients import Recipient, Target
+from .replies import automated_reason
+from .signatures import keep_valid_signatures
 from .snapshot import ListConfig, Snapshot
 
 log = logging.getLogger("listkeeper.policy")
 
+PER_RECIPIENT = frozenset({"list-unsubscribe", "list-unsubscribe-post"})  # set again at delivery
 LIST_HEADERS = ("list-id", "list-post", "list-unsubscribe", "list-help", "list-owner",
                 "list-subscribe", "list-archive", "list-unsubscribe-post", "precedence", "return-path")
 
@@ -41,22 +45,6 @@ def senders_of(message: RawMessage, mail_from: str) -> frozenset[str]:
         if addr:
             senders.add(addr.lower())
     return frozenset(senders)
-
-
-def automated_reason(message: RawMessage, mail_from: str) -> str:
-    """Why a message is a bounce or an auto-reply (RFC 3834 and common practice), or ''."""
-    if not mail_from:
-        return "a bounce (null envelope sender)"
-    if mail_from.lower().startswith(("mailer-daemon@", "postmaster@")):
-        return f"a bounce (envelope sender {mail_from})"
-    auto = (message.get("auto-submitted") or "no").strip().lower()
-    if not auto.startswith("no"):
-        return f"an automatic message (Auto-Submitted: {auto})"
-    if message.get("x-autoreply") is not None or message.get("x-autorespond") is not None:
-        return "an auto-reply (X-Autoreply)"
-    if (message.get("precedence") or "").strip().lower() == "auto_reply":
-        return "an auto-reply (Precedence: auto_reply)"
-    return ""
 
 
 def submission_of(message: RawMessage, mail_from: str, size: int,
@@ -77,7 +65,8 @@ def list_copy(message: RawMessage, lst: ListConfig, hostname: str, now: float) -
     """The list's copy: RFC 2369/2919 headers, subject prefix, loop marker; the body untouched.
 
     Stored once for all recipients: the per-recipient one-click link and List-Unsubscribe-Post are
-    added when each copy is delivered."""
+    added when each copy is delivered. The poster's DKIM signatures stay only if nothing they cover
+    changed."""
     spec = lst.spec
     out = message.without(*LIST_HEADERS)
     prefix = spec.subject_prefix
@@ -100,7 +89,7 @@ def list_copy(message: RawMessage, lst: ListConfig, hostname: str, now: float) -
            .with_field("List-Owner", f"<mailto:{lst.address_for('owner')}>")
            .with_field("Precedence", "list")
            .with_field("X-Loop", spec.address))
-    return out.to_bytes()
+    return keep_valid_signatures(message, out, PER_RECIPIENT).to_bytes()
 
 
 def _with(recipients, extra: str):
@@ -110,11 +99,13 @@ def _with(recipients, extra: str):
 
 
 def fan_out(data: bytes, mail_from: str, recipients: list[Recipient], snapshot: Snapshot,
-            now: float | None = None, membership: Membership | None = None) -> InboundRecord | Refused:
+            now: float | None = None, membership: Membership | None = None,
+            dmarc: PosterPolicy | None = None) -> InboundRecord | Refused:
     """Decide every recipient's fate; refuse the whole message if any list refuses it.
 
     `membership` holds the senders' roles from the store (engine/membership.py); without it the
-    manifests' roles are used, which is what pure callers such as tests want."""
+    manifests' roles are used, which is what pure callers such as tests want. `dmarc` is the From
+    domain's DMARC policy (engine/dmarc.py), looked up before for lists that mitigate."""
     now = time.time() if now is None else now
     message = RawMessage.parse(data)
     senders = senders_of(message, mail_from)
@@ -133,7 +124,7 @@ def fan_out(data: bytes, mail_from: str, recipients: list[Recipient], snapshot: 
                 return Refused(verdict.reply, verdict.rule, verdict.reason)
             state = {Decision.accept: "queued", Decision.hold: "held", Decision.discard: "discarded"}[verdict.decision]
             hostname = snapshot.hostname(lst.domain)
-            copy = list_copy(message, lst, hostname, now)
+            copy = list_copy(mitigated(message, lst, dmarc, hostname, now), lst, hostname, now)
             hold = None
             if state == "held":
                 sender = next(iter(sorted(senders - {mail_from.lower()})), mail_from.lower()) if senders else ""

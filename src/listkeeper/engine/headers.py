@@ -6,6 +6,25 @@ import re
 from dataclasses import dataclass
 
 _SPLIT = re.compile(rb"\r?\n\r?\n")
+_UNFOLD = re.compile(r"\r?\n(?=[ \t])")
+WIDTH = 78  # RFC 5322 2.1.1: lines SHOULD stay within 78 characters, MUST within 998
+
+
+def field_line(name: str, value: str, eol: bytes) -> bytes:
+    """`Name: value` and its line end, folded before white space so lines stay within 78 characters
+    where the value allows (a single longer word stays whole)."""
+    line = f"{name}: {_UNFOLD.sub('', value)}"  # folded anew, never folded twice
+    if len(line) <= WIDTH:
+        return line.encode("utf-8") + eol
+    folded, current = [], ""
+    for word in re.split(r"(?=[ \t])", line):
+        if current and len(current) + len(word) > WIDTH and current.strip():
+            folded.append(current)
+            current = word
+        else:
+            current += word
+    folded.append(current)
+    return eol.join(part.encode("utf-8") for part in folded) + eol
 
 
 @dataclass(frozen=True)
@@ -62,7 +81,7 @@ class RawMessage:
         return RawMessage(tuple(f for f in self.fields if f[0] not in drop), self.separator, self.body, self.eol)
 
     def with_field(self, name: str, value: str, first: bool = False) -> "RawMessage":
-        line = (f"{name}: {value}").encode("utf-8") + self.eol
+        line = field_line(name, value, self.eol)
         field = (name.lower(), line)
         fields = (field,) + self.fields if first else self.fields + (field,)
         return RawMessage(fields, self.separator, self.body, self.eol)
@@ -70,7 +89,7 @@ class RawMessage:
     def replace(self, name: str, value: str) -> "RawMessage":
         """Set a field in place of its first occurrence (or append it), dropping any others."""
         key = name.lower()
-        line = (f"{name}: {value}").encode("utf-8") + self.eol
+        line = field_line(name, value, self.eol)
         fields, done = [], False
         for f in self.fields:
             if f[0] == key:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 import uuid
 from datetime import datetime, timezone
@@ -12,16 +13,35 @@ from email.utils import format_datetime
 from .headers import RawMessage
 from .snapshot import ListConfig
 
-QUIET_PRECEDENCE = {"bulk", "list", "junk"}
+QUIET_PRECEDENCE = {"bulk", "list", "junk", "auto_reply"}
+# Return paths of list software and mail systems (RFC 3834 section 2, as vacation(1) skips them)
+LIST_SENDERS = re.compile(r"^(owner-.*|.*-(request|owner|bounces|admin)(\+.*)?|mailer-daemon|postmaster|"
+                          r"listserv|majordomo|mailman|noreply|no-reply)$", re.IGNORECASE)
+
+
+def automated_reason(message: RawMessage, mail_from: str) -> str:
+    """Why a message is a bounce or an auto-reply (RFC 3834 and common practice), or ''."""
+    if not mail_from:
+        return "a bounce (null envelope sender)"
+    if mail_from.lower().startswith(("mailer-daemon@", "postmaster@")):
+        return f"a bounce (envelope sender {mail_from})"
+    auto = (message.get("auto-submitted") or "no").strip().lower()
+    if not auto.startswith("no"):
+        return f"an automatic message (Auto-Submitted: {auto})"
+    if message.get("x-autoreply") is not None or message.get("x-autorespond") is not None:
+        return "an auto-reply (X-Autoreply)"
+    if (message.get("precedence") or "").strip().lower() == "auto_reply":
+        return "an auto-reply (Precedence: auto_reply)"
+    return ""
 
 
 def may_answer(message: RawMessage, mail_from: str) -> bool:
-    """Never answer a bounce, an auto-reply or list traffic: that is how mail loops start."""
-    if not mail_from or mail_from.lower().startswith(("mailer-daemon@", "postmaster@")):
+    """Never answer a bounce, an automatic message (RFC 3834), list traffic or list software: that is
+    how mail loops start."""
+    if automated_reason(message, mail_from) or LIST_SENDERS.match(mail_from.rpartition("@")[0]):
         return False
-    auto = (message.get("auto-submitted") or "no").strip().lower()
     precedence = (message.get("precedence") or "").strip().lower()
-    return auto == "no" and precedence not in QUIET_PRECEDENCE and message.get("list-id") is None
+    return precedence not in QUIET_PRECEDENCE and message.get("list-id") is None
 
 
 def _wrapped(body: str) -> str:

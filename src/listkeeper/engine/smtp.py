@@ -12,6 +12,7 @@ from listkeeper import notify
 from listkeeper.store import refusals
 
 from .barring import barred_sender, barred_size
+from .dmarc import PolicyLookup
 from .fanout import Refused, fan_out, senders_of
 from .headers import RawMessage
 from .membership import look_up_in
@@ -28,6 +29,7 @@ class ListHandler:
         self._current = current
         self._spool = spool
         self._clock = clock
+        self._dmarc = PolicyLookup()
 
     def _snapshot(self, session: Session) -> Snapshot:
         """A session keeps the configuration it started with, even across a reload."""
@@ -92,7 +94,9 @@ class ListHandler:
                                       barred.reason, barred.reply)
         membership = await asyncio.to_thread(look_up_in, self._store, data, envelope.mail_from or "", recipients,
                                              snapshot, self._clock())
-        outcome = fan_out(data, envelope.mail_from or "", recipients, snapshot, self._clock(), membership)
+        poster = await self._dmarc.poster_policy(data, recipients, snapshot)  # DNS, without blocking the loop
+        outcome = fan_out(data, envelope.mail_from or "", recipients, snapshot, self._clock(), membership,
+                          dmarc=poster)
         if isinstance(outcome, Refused):
             return await self._refuse(session, envelope.mail_from or "", envelope.rcpt_tos, outcome.rule,
                                       outcome.reason, outcome.reply)

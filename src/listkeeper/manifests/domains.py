@@ -4,13 +4,55 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, field_validator
 
-from .common import Address, Hostname, Manifest, Strict
+from .common import Address, Hostname, Manifest, SecretRef, Strict
+from .signing_keys import dkim_key_problem
 
 BASE_URL_PATTERN = r"^https?://[^\s/?#@]+(/[^\s?#]*)?$"
 
 BaseUrl = Annotated[str, Field(pattern=BASE_URL_PATTERN, max_length=200), AfterValidator(lambda v: v.rstrip("/"))]
+
+
+HEADER_NAME_PATTERN = r"^[!-9;-~]+$"  # RFC 5322 field-name: printable ASCII but ':'
+SELECTOR_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$"
+
+# What receivers (Gmail, Yahoo) look at, and what a forwarder must not change unnoticed.
+DEFAULT_SIGNED_HEADERS = (
+    "from", "reply-to", "sender", "to", "cc", "subject", "date", "message-id", "in-reply-to", "references",
+    "mime-version", "content-type", "content-transfer-encoding", "list-id", "list-post", "list-help",
+    "list-owner", "list-unsubscribe", "list-unsubscribe-post", "auto-submitted",
+)
+# Added or changed by every relay on the way (RFC 6376 5.4), or a signature itself.
+NEVER_SIGNED = frozenset({"return-path", "received", "bcc", "resent-bcc", "dkim-signature",
+                          "arc-seal", "arc-message-signature", "arc-authentication-results",
+                          "authentication-results"})
+
+HeaderName = Annotated[str, Field(pattern=HEADER_NAME_PATTERN, max_length=100), AfterValidator(str.lower)]
+
+
+class Dkim(Strict):
+    """DKIM signing (RFC 6376) of this domain's outgoing mail, with an RSA key."""
+
+    selector: str = Field(pattern=SELECTOR_PATTERN, max_length=63,
+                          description="The selector: the public key is published as a TXT record at "
+                                      "SELECTOR._domainkey.DOMAIN.")
+    key: SecretRef = Field(description="The RSA private key in PEM (PKCS#1 or PKCS#8), e.g. {file: "
+                                       "/etc/listkeeper/dkim/example.org.pem}; 2048 bits recommended.")
+    headers: list[HeaderName] = Field(
+        default_factory=lambda: list(DEFAULT_SIGNED_HEADERS), min_length=1,
+        description="Header fields to sign (From is required). Each is signed once per occurrence and "
+                    "once more, so that none can be added after signing.")
+
+    @field_validator("headers")
+    @classmethod
+    def _signable(cls, value: list[str]) -> list[str]:
+        if "from" not in value:
+            raise ValueError("From must be signed (RFC 6376 5.4)")
+        bad = sorted(set(value) & NEVER_SIGNED)
+        if bad:
+            raise ValueError(f"{', '.join(bad)} must not be signed: relays add or change them on the way")
+        return list(dict.fromkeys(value))
 
 
 class DomainSpec(Strict):
@@ -23,6 +65,10 @@ class DomainSpec(Strict):
                     "https://lists.example.org: each post's one-click unsubscribe link (RFC 8058) starts with "
                     "it. Point it at `listkeeper serve`'s HTTP listener, usually through a TLS proxy. "
                     "Default: serve's --base-url.")
+    dkim: Dkim | None = Field(
+        default=None,
+        description="Sign outgoing mail of this domain with DKIM: every message whose From (else envelope "
+                    "sender) is in this domain or below it, as it leaves for each recipient.")
 
 
 class Domain(Manifest):
@@ -33,4 +79,8 @@ class Domain(Manifest):
     spec: DomainSpec
 
     def problems(self, index) -> list[tuple[tuple, str]]:
-        return []
+        dkim = self.spec.dkim
+        if dkim is None:
+            return []
+        problem = dkim_key_problem(dkim.key)
+        return [(("spec", "dkim", "key"), problem)] if problem else []

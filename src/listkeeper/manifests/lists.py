@@ -26,6 +26,15 @@ class NonMembers(str, Enum):
     discard = "discard"  # dropped silently
 
 
+class DmarcMitigation(str, Enum):
+    """What a post from a domain with a strict DMARC policy becomes (as Mailman and Sympa offer)."""
+
+    none = "none"  # sent as it came
+    munge = "munge"  # From: "Name via List" <list@domain>, the poster in Reply-To, when p=reject|quarantine
+    wrap = "wrap"  # the post as a message/rfc822 attachment of a message from the list, likewise
+    always_munge = "always-munge"  # munged whatever the poster's domain publishes (no DNS lookup)
+
+
 class Role(str, Enum):
     regular = "regular"
     digest = "digest"
@@ -86,6 +95,11 @@ class MailingListSpec(Strict):
         default=None, description="A dynamic list: regular members are the query's selection at post time.")
     digest: Digest = Field(default_factory=Digest, description="When digest members get the pending posts.")
     archive: Archive = Field(default_factory=Archive, description="Where accepted posts are kept.")
+    dmarc: DmarcMitigation = Field(
+        default=DmarcMitigation.none,
+        description="none | munge | wrap | always-munge: when the poster's domain publishes a DMARC policy of "
+                    "reject or quarantine, rewrite From to the list (munge) or wrap the post (wrap), so "
+                    "receivers do not refuse it; always-munge rewrites every post.")
 
 
 class MailingList(Manifest):
