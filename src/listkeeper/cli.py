@@ -497,7 +497,7 @@ def tick(store_url, at) -> None:
         fired = run_tick(store, snapshot, moment)
         done = run_round(store, snapshot, moment)
     for item in fired:
-        click.echo(f"{item.list_name}/{item.event}: fired for {len(item.addresses)}")
+        click.echo(f"{item.list_name}/{item.event}: fired for {item.count}")
     for job, count in done.queued.items():
         click.echo(f"{job}: queued {count} message(s)")
     for job in done.failed:
@@ -614,7 +614,7 @@ def events_fire(list_name, event_name, members, everyone, at, store_url) -> None
                                  None if everyone else list(members), _moment(at))
         except LookupError as exc:
             raise click.ClickException(str(exc)) from None
-    click.echo(f"{fired.list_name}/{fired.event}: fired for {len(fired.addresses)}")
+    click.echo(f"{fired.list_name}/{fired.event}: fired for {fired.count}")
 
 
 # -- digests and the archive -------------------------------------------------------------------------------
