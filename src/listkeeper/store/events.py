@@ -12,7 +12,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
-from sqlalchemy.sql import Select
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.types import Boolean
 
 from listkeeper.manifests.events import Dependency, EventSpec
 
@@ -28,12 +30,31 @@ def _receiving():
     return and_(subscribers.c.state == "active", subscribers.c.receives != "")
 
 
-def _receiving_row(list_name: str, address):
-    """The subscriber at `address` receives the list: one seek of the covering index (SQLite would
-    take the primary key's and read the row)."""
-    return exists(select(literal(1)).select_from(subscribers).where(
-        subscribers.c.list_name == list_name, subscribers.c.address == address, _receiving())
-        .with_hint(subscribers, "INDEXED BY ix_subscribers_receiving", "sqlite"))
+class _ReceivingRow(ColumnElement):
+    """EXISTS a receiving subscriber of the list at `address`: one seek of ix_subscribers_receiving,
+    which holds all it reads. SQLite's planner would take the primary key's index and read each row,
+    so there the index is named."""
+
+    type = Boolean()
+    inherit_cache = False
+
+    def __init__(self, list_name: str, address):
+        self.check = select(literal_column("1")).where(  # not SELECT *: that would read the row
+            subscribers.c.list_name == list_name, subscribers.c.address == address, _receiving()).exists()
+
+
+@compiles(_ReceivingRow)
+def _receiving_row_sql(element, compiler, **kw):
+    return compiler.process(element.check, **kw)
+
+
+@compiles(_ReceivingRow, "sqlite")
+def _receiving_row_sqlite(element, compiler, **kw):
+    return compiler.process(element.check, **kw).replace(
+        "FROM subscribers", "FROM subscribers INDEXED BY ix_subscribers_receiving", 1)
+
+
+_receiving_row = _ReceivingRow
 
 
 def record_fires(conn: Connection, list_name: str, event: str, addresses: Sequence[str], now: float) -> None:
@@ -154,7 +175,10 @@ def choose(conn: Connection, selection) -> int:
         if addresses:
             conn.execute(insert(chosen), [{"address": a} for a in addresses])
         return len(addresses)
-    return conn.execute(insert(chosen).from_select(["address"], selection)).rowcount
+    done = conn.execute(insert(chosen).from_select(["address"], selection)).rowcount
+    if done < 0:  # a driver that does not count the rows of INSERT ... SELECT
+        done = conn.execute(select(func.count()).select_from(chosen)).scalar_one()
+    return done
 
 
 def chosen_addresses():
