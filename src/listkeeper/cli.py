@@ -588,8 +588,8 @@ def events_show(list_name, member, store_url) -> None:
     with _store(store_url) as store:
         with store.engine.connect() as conn:
             members = [member.lower()] if member else store_events.list_subscribers(conn, list_name)
-            counts = store_events.counters(conn, list_name, members)
-    names = sorted({e for c in counts.values() for e in c})
+            counts = store_events.counters(conn, list_name, members if member else None)
+    names = sorted({e for a in members for e in counts.get(a, {})})
     click.echo(f"{'subscriber':<40}" + "".join(f"{n:>10}" for n in names))
     for address in members:
         click.echo(f"{address:<40}" + "".join(f"{counts.get(address, {}).get(n, 0):>10}" for n in names))

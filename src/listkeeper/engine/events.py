@@ -186,9 +186,10 @@ def fire_by_hand(store: Store, snapshot: Snapshot, list_name: str, event_name: s
     if event is None and event_name not in ("join", "post"):
         raise LookupError(f"list {list_name} has no event {event_name!r}")
     with store.engine.begin() as conn:
-        members = store_events.list_subscribers(conn, list_name)
-        chosen = members if addresses is None else [a.lower() for a in addresses]
-        unknown = sorted(set(chosen) - set(members))
+        if addresses is None:  # --all: every subscriber who receives the list, chosen in SQL
+            return fire(conn, lst, event, event_name, store_events.receiving(list_name), snapshot, now)
+        chosen = sorted({a.lower() for a in addresses})
+        unknown = sorted(set(chosen) - set(store_events.receiving_among(conn, list_name, chosen)))
         if unknown:
             raise LookupError(f"not subscribed to {list_name}: {', '.join(unknown)}")
         return fire(conn, lst, event, event_name, chosen, snapshot, now)

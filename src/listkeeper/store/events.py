@@ -228,10 +228,19 @@ def counters(conn: Connection, list_name: str, addresses: Iterable[str] | None =
     return out
 
 
+def receiving(list_name: str):
+    """Who receives the list now (posts or digests), as a statement: the members events fire for."""
+    return select(subscribers.c.address).where(subscribers.c.list_name == list_name, _receiving()) \
+        .order_by(subscribers.c.address)
+
+
+def receiving_among(conn: Connection, list_name: str, addresses: Iterable[str]) -> list[str]:
+    return list(conn.execute(receiving(list_name).where(subscribers.c.address.in_(list(addresses)))).scalars())
+
+
 def list_subscribers(conn: Connection, list_name: str) -> list[str]:
     """Who receives the list now (posts or digests): the members events fire for."""
-    return list(conn.execute(select(subscribers.c.address).where(subscribers.c.list_name == list_name, _receiving())
-                             .order_by(subscribers.c.address)).scalars())
+    return list(conn.execute(receiving(list_name)).scalars())
 
 
 def fires(conn: Connection, list_name: str, event: str) -> list[tuple[str, float]]:
