@@ -21,9 +21,10 @@ from listkeeper.manifests.events import Dependency, EventSpec
 from .tables import event_counters, event_fires, subscribers
 
 # the addresses one fire reaches, on this connection only: a tick computes them once and every
-# statement of the fire (counters, log, template mail) reads them
-chosen = Table("event_chosen", MetaData(), Column("address", String(254), primary_key=True), prefixes=["TEMPORARY"])
-_CREATE_CHOSEN = text("CREATE TEMPORARY TABLE IF NOT EXISTS event_chosen (address VARCHAR(254) PRIMARY KEY)")
+# statement of the fire (counters, log, template mail) reads them. No key: what is chosen is distinct
+# already (a set difference, a list's subscribers, or addresses made unique), and appending is cheaper
+chosen = Table("event_chosen", MetaData(), Column("address", String(254), nullable=False), prefixes=["TEMPORARY"])
+_CREATE_CHOSEN = text("CREATE TEMPORARY TABLE IF NOT EXISTS event_chosen (address VARCHAR(254) NOT NULL)")
 
 
 def _receiving():
