@@ -183,10 +183,11 @@ def test_the_stored_template_mail_renders_what_template_mail_makes():
 
 
 def _delivered(outbox: Path) -> dict[str, bytes]:
+    """Delivered mail by recipient, without the two lines the pickup folder puts before each."""
     found = {}
     for path in outbox.glob("*.eml"):
-        head, data = path.read_bytes().split(b"\r\n", 2)[:2], path.read_bytes().split(b"\r\n", 2)[2]
-        found[head[1].decode().removeprefix("Delivered-To: ")] = data
+        _return_path, delivered_to, data = path.read_bytes().split(b"\r\n", 2)
+        found[delivered_to.decode().removeprefix("Delivered-To: ")] = data
     return found
 
 
