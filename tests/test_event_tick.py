@@ -18,6 +18,7 @@ from listkeeper.manifests import load_manifests
 from listkeeper.manifests.addresses import verp
 from listkeeper.manifests.events import EventSpec
 from listkeeper.reconcile import reconcile
+from listkeeper.store import Store
 from listkeeper.store import events as store_events
 from listkeeper.store.tables import bounces, deliveries, event_counters, event_fires, messages, subscribers
 
@@ -258,3 +259,38 @@ def test_migration_0007_rekeys_the_counters_and_keeps_them(store):  # noqa: F811
             "list_name", "event", "address"]
         kept = conn.execute(select(event_counters).order_by(event_counters.c.address, event_counters.c.event))
         assert [dict(r._mapping) for r in kept] == sorted(rows, key=lambda r: (r["address"], r["event"]))
+
+
+async def test_copies_the_store_could_not_serve_are_retried_not_failed(tmp_path, store_url):
+    from listkeeper.delivery.scheduler import Scheduler
+    from listkeeper.engine.events import TemplateCopies
+
+    class FirstBatchFails:  # the store fails once while a batch's counters are read
+        failed = False
+
+        def __init__(self, data: bytes):
+            self.copies, self.batch = TemplateCopies.load(data), True
+
+        def for_batch(self, conn, recipients):
+            if not FirstBatchFails.failed:
+                FirstBatchFails.failed = True
+                raise OSError("disk I/O error")
+            return self.copies.for_batch(conn, recipients)
+
+    conf = tmp_path / "conf"
+    write(conf, "club.yaml", LIST)
+    write(conf, "routes.yaml", pickup_routes(tmp_path / "outbox"))
+    clock = [NOW]
+    store = Store.open(store_url, clock=lambda: clock[0])
+    reconcile(load_manifests([conf]), store)
+    snapshot = load_snapshot(store)
+    tick(store, snapshot, NOW)
+    scheduler = Scheduler(store, lambda: snapshot, templates=FirstBatchFails)
+    await scheduler.run_once(snapshot)
+    with store.engine.connect() as conn:
+        rows = conn.execute(select(deliveries.c.state, deliveries.c.last_error)).all()
+    assert {tuple(r) for r in rows} == {("deferred", "the template mail was not rendered: OSError: disk I/O error")}
+    clock[0] = NOW + DAY
+    await scheduler.run_once(snapshot)
+    assert len(_delivered(tmp_path / "outbox")) == 3
+    store.close()

@@ -58,6 +58,13 @@ class Unrenderable:
         return {delivery_id: self.reason for delivery_id, _ in recipients}
 
 
+@dataclass(frozen=True)
+class NotYet:
+    """Copies that could not be made for a passing reason (the store): those deliveries are retried."""
+
+    reason: str
+
+
 @dataclass
 class DestinationQueue:
     destination: Destination
@@ -104,7 +111,8 @@ class Scheduler:
         self._personalise = personalise
         self._personal: dict[int, object] = {}  # message id -> its per-recipient maker, for some bodies
         self._templates = templates
-        self._copies: dict[int, bytes | str] = {}  # delivery id -> its rendered copy, or why there is none
+        # delivery id -> its rendered copy, why there is none (a failure), or why not yet (a retry)
+        self._copies: dict[int, bytes | str | NotYet] = {}
         self._refs: dict[int, int] = {}
         self._in_queue = 0
         self._flushed_at = 0.0
@@ -166,9 +174,12 @@ class Scheduler:
                 break
             claimed_total += len(claimed)
             for due in claimed:
-                if isinstance(self._copies.get(due.delivery_id), str):
-                    self._record(due, Result(Event.permanent, f"the template mail could not be rendered: "
-                                                              f"{self._copies[due.delivery_id]}"), "template", snapshot)
+                copy = self._copies.get(due.delivery_id)
+                if isinstance(copy, (str, NotYet)):
+                    self._record(due, Result(Event.temporary, f"the template mail was not rendered: {copy.reason}")
+                                 if isinstance(copy, NotYet) else
+                                 Result(Event.permanent, f"the template mail could not be rendered: {copy}"),
+                                 "template", snapshot)
                     continue
                 if is_suppressed(due.recipient, suppressed, snapshot.suppressed_domains):
                     self._record(due, Result(Event.suppressed, "on a suppression list"), "suppressed", snapshot)
@@ -220,16 +231,18 @@ class Scheduler:
                 self._render, [(self._personal[mid], recipients) for mid, recipients in batches.items()]))
         return due
 
-    def _render(self, batches: list[tuple[object, list[tuple[int, str]]]]) -> dict[int, bytes | str]:
-        """Each claimed delivery of a template message rendered, with one read of its recipients' data."""
-        copies: dict[int, bytes | str] = {}
-        with self._store.engine.connect() as conn:
-            for maker, recipients in batches:
-                try:
+    def _render(self, batches: list[tuple[object, list[tuple[int, str]]]]) -> dict[int, bytes | str | NotYet]:
+        """Each claimed delivery of a template message rendered, with one read of its recipients' data.
+        A template's own error fails its copy (the maker says so); anything else here is retried."""
+        copies: dict[int, bytes | str | NotYet] = {}
+        for maker, recipients in batches:
+            try:
+                with self._store.engine.connect() as conn:
                     copies.update(maker.for_batch(conn, recipients))
-                except Exception as exc:  # noqa: BLE001 - these deliveries fail with the reason, none is lost
-                    log.exception("rendering %d template deliveries failed", len(recipients))
-                    copies.update({delivery_id: f"{type(exc).__name__}: {exc}" for delivery_id, _ in recipients})
+            except Exception as exc:  # noqa: BLE001 - retried later, none is lost
+                log.exception("rendering %d template deliveries failed; they are retried", len(recipients))
+                later = NotYet(f"{type(exc).__name__}: {exc}")
+                copies.update({delivery_id: later for delivery_id, _ in recipients})
         return copies
 
     def _fetch(self, message_ids: set[int]) -> tuple[dict[int, bytes], dict[int, object]]:
@@ -477,7 +490,7 @@ class Scheduler:
             original = self._original(message_id, items)
             # a template that could not be rendered is the operator's error, not the recipient's: no
             # report to the (VERP) return path, which would count as the subscriber's bounce
-            unrendered = any(isinstance(self._copies.get(d.delivery_id), str) for d, _ in items)
+            unrendered = any(isinstance(self._copies.get(d.delivery_id), (str, NotYet)) for d, _ in items)
             for due, _ in items:
                 self._copies.pop(due.delivery_id, None)
                 self._release_body(due.message_id)
