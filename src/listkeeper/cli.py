@@ -603,7 +603,7 @@ def tick(store_url, at) -> None:
         fired = run_tick(store, snapshot, moment)
         done = run_round(store, snapshot, moment)
     for item in fired:
-        click.echo(f"{item.list_name}/{item.event}: fired for {len(item.addresses)}")
+        click.echo(f"{item.list_name}/{item.event}: fired for {item.count}")
     for job, count in done.queued.items():
         click.echo(f"{job}: queued {count} message(s)")
     for job in done.failed:
@@ -694,8 +694,8 @@ def events_show(list_name, member, store_url) -> None:
     with _store(store_url) as store:
         with store.engine.connect() as conn:
             members = [member.lower()] if member else store_events.list_subscribers(conn, list_name)
-            counts = store_events.counters(conn, list_name, members)
-    names = sorted({e for c in counts.values() for e in c})
+            counts = store_events.counters(conn, list_name, members if member else None)
+    names = sorted({e for a in members for e in counts.get(a, {})})
     click.echo(f"{'subscriber':<40}" + "".join(f"{n:>10}" for n in names))
     for address in members:
         click.echo(f"{address:<40}" + "".join(f"{counts.get(address, {}).get(n, 0):>10}" for n in names))
@@ -720,7 +720,7 @@ def events_fire(list_name, event_name, members, everyone, at, store_url) -> None
                                  None if everyone else list(members), _moment(at))
         except LookupError as exc:
             raise click.ClickException(str(exc)) from None
-    click.echo(f"{fired.list_name}/{fired.event}: fired for {len(fired.addresses)}")
+    click.echo(f"{fired.list_name}/{fired.event}: fired for {fired.count}")
 
 
 # -- digests and the archive -------------------------------------------------------------------------------

@@ -44,6 +44,27 @@ Inject = Callable[[bytes, str, list[str]], Awaitable[None]]
 # (stored message, its list, snapshot) -> what each recipient's copy is made from (`.for_recipient`), or
 # None to send it as stored: per-recipient headers such as a one-click unsubscribe link
 Personalise = Callable[[bytes, "str | None", object], "object | None"]
+# a stored message of kind 'template' (a list event's template mail) -> what renders its copies:
+# `.for_batch(conn, [(delivery id, recipient)])` gives each delivery's bytes, or why it could not be made
+Templates = Callable[[bytes], object]
+
+
+@dataclass(frozen=True)
+class Unrenderable:
+    """A template message no copy can be made of (unreadable, or no renderer): each delivery fails."""
+
+    reason: str
+    batch = True
+
+    def for_batch(self, conn, recipients: list[tuple[int, str]]) -> dict[int, str]:
+        return {delivery_id: self.reason for delivery_id, _ in recipients}
+
+
+@dataclass(frozen=True)
+class NotYet:
+    """Copies that could not be made for a passing reason (the store): those deliveries are retried."""
+
+    reason: str
 
 
 @dataclass
@@ -76,7 +97,7 @@ class Pace:
 class Scheduler:
     def __init__(self, store: Store, current, *, inject: Inject | None = None,
                  clock: Callable[[], float] | None = None, lease: float = 300.0,
-                 personalise: Personalise | None = None):
+                 personalise: Personalise | None = None, templates: Templates | None = None):
         self._store = store
         self._current = current  # () -> Snapshot
         self._inject = inject
@@ -91,6 +112,9 @@ class Scheduler:
         self._bodies: dict[int, bytes] = {}
         self._personalise = personalise
         self._personal: dict[int, object] = {}  # message id -> its per-recipient maker, for some bodies
+        self._templates = templates
+        # delivery id -> its rendered copy, why there is none (a failure), or why not yet (a retry)
+        self._copies: dict[int, bytes | str | NotYet] = {}
         self._refs: dict[int, int] = {}
         self._in_queue = 0
         self._flushed_at = 0.0
@@ -154,6 +178,13 @@ class Scheduler:
                 break
             claimed_total += len(claimed)
             for due in claimed:
+                copy = self._copies.get(due.delivery_id)
+                if isinstance(copy, (str, NotYet)):
+                    self._record(due, Result(Event.temporary, f"the template mail was not rendered: {copy.reason}")
+                                 if isinstance(copy, NotYet) else
+                                 Result(Event.permanent, f"the template mail could not be rendered: {copy}"),
+                                 "template", snapshot)
+                    continue
                 if is_suppressed(due.recipient, suppressed, snapshot.suppressed_domains):
                     self._record(due, Result(Event.suppressed, "on a suppression list"), "suppressed", snapshot)
                     continue
@@ -195,7 +226,28 @@ class Scheduler:
             bodies, personal = await asyncio.to_thread(self._fetch, gone)
             self._bodies.update(bodies)
             self._personal.update(personal)
+        batches: dict[int, list[tuple[int, str]]] = {}
+        for d in due:
+            if getattr(self._personal.get(d.message_id), "batch", False):
+                batches.setdefault(d.message_id, []).append((d.delivery_id, d.recipient))
+        if batches:
+            self._copies.update(await asyncio.to_thread(
+                self._render, [(self._personal[mid], recipients) for mid, recipients in batches.items()]))
         return due
+
+    def _render(self, batches: list[tuple[object, list[tuple[int, str]]]]) -> dict[int, bytes | str | NotYet]:
+        """Each claimed delivery of a template message rendered, with one read of its recipients' data.
+        A template's own error fails its copy (the maker says so); anything else here is retried."""
+        copies: dict[int, bytes | str | NotYet] = {}
+        for maker, recipients in batches:
+            try:
+                with self._store.engine.connect() as conn:
+                    copies.update(maker.for_batch(conn, recipients))
+            except Exception as exc:  # noqa: BLE001 - retried later, none is lost
+                log.exception("rendering %d template deliveries failed; they are retried", len(recipients))
+                later = NotYet(f"{type(exc).__name__}: {exc}")
+                copies.update({delivery_id: later for delivery_id, _ in recipients})
+        return copies
 
     def _fetch(self, message_ids: set[int]) -> tuple[dict[int, bytes], dict[int, object]]:
         with self._store.engine.connect() as conn:
@@ -209,13 +261,18 @@ class Scheduler:
     def _load(self, conn, message_ids: set[int]) -> tuple[dict[int, bytes], dict[int, object]]:
         """Bodies, and for those that get per-recipient headers, their makers: once per message."""
         bodies = store_queue.message_data(conn, message_ids)
-        if self._personalise is None or not bodies:
+        if not bodies:
             return bodies, {}
-        names, snapshot = store_queue.list_names(conn, bodies), self._current()
-        personal = {}
+        heads = store_queue.message_heads(conn, bodies)
+        personal = {mid: self._template(mid, data) for mid, data in bodies.items() if heads[mid][1] == "template"}
+        if self._personalise is None:
+            return bodies, personal
+        snapshot = self._current()
         for mid, data in bodies.items():
+            if mid in personal:
+                continue
             try:
-                maker = self._personalise(data, names.get(mid), snapshot)
+                maker = self._personalise(data, heads[mid][0] or None, snapshot)
             except Exception:  # noqa: BLE001 - the message still goes out, as stored
                 log.exception("per-recipient headers for message %d failed; sending it as stored", mid)
                 maker = None
@@ -223,11 +280,25 @@ class Scheduler:
                 personal[mid] = maker
         return bodies, personal
 
+    def _template(self, mid: int, data: bytes) -> object:
+        """What renders a template message's copies; never its stored form sent as a mail."""
+        if self._templates is None:
+            return Unrenderable("this scheduler renders no template mails")
+        try:
+            return self._templates(data)
+        except Exception as exc:  # noqa: BLE001
+            log.exception("template message %d cannot be read", mid)
+            return Unrenderable(f"{type(exc).__name__}: {exc}")
+
     def _data(self, due: Due, seven_bit: bool = False) -> bytes:
-        """The copy as it leaves: per-recipient headers, seven bits for a server without 8BITMIME, then
-        (the last change) its DKIM signature."""
-        maker = self._personal.get(due.message_id)
-        data = maker.for_recipient(due.recipient) if maker is not None else self._bodies[due.message_id]
+        """The copy as it leaves: a rendered template copy or the post with its per-recipient headers, seven
+        bits for a server without 8BITMIME, then (the last change) its DKIM signature."""
+        data = self._copies.get(due.delivery_id)
+        if data is None:
+            maker = self._personal.get(due.message_id)
+            if getattr(maker, "batch", False):  # never its stored form: a template mail is rendered or fails
+                raise RuntimeError(f"delivery {due.delivery_id} of template message {due.message_id} was not rendered")
+            data = maker.for_recipient(due.recipient) if maker is not None else self._bodies[due.message_id]
         if seven_bit:
             try:
                 data = downgrade.seven_bit(data)
@@ -355,8 +426,9 @@ class Scheduler:
                         destination=transport, error=result.detail, attempts=due.attempts + 1,
                         message_id=due.message_id, reason=event.value)
         if state is State.failed:
-            self._failures.append((due, Result(event, result.detail)))
+            self._failures.append((due, Result(event, result.detail)))  # its copy is kept for the report
         else:
+            self._copies.pop(due.delivery_id, None)
             self._release_body(due.message_id)
         self._outcomes.append(Outcome(due.delivery_id, state.value, transport,
                                       None if state is State.delivered else result.detail, retry_at))
@@ -414,14 +486,31 @@ class Scheduler:
         with self._store.engine.begin() as conn:
             store_queue.record_outcomes(conn, outcomes, self._clock())
 
+    def _original(self, message_id: int, items: list[tuple[Due, Result]]) -> bytes:
+        """What a report quotes: the recipient's own copy when it was made one; for a template mail
+        that could not be rendered, its stand-in headers; else the message as stored."""
+        for due, _ in items:
+            copy = self._copies.get(due.delivery_id)
+            if isinstance(copy, bytes):
+                return copy
+        maker = self._personal.get(message_id)
+        if getattr(maker, "batch", False):
+            stand_in = getattr(maker, "stand_in", None)
+            return stand_in(items[0][0].recipient) if stand_in is not None else b""
+        return self._bodies.get(message_id, b"")
+
     async def _report(self, failures: list[tuple[Due, Result]], snapshot) -> None:
         """RFC 3464 reports to each failed message's envelope sender, and a notice to the postmaster."""
         by_message: dict[tuple[int, str], list[tuple[Due, Result]]] = {}
         for due, result in failures:
             by_message.setdefault((due.message_id, due.return_path), []).append((due, result))
         for (message_id, sender), items in by_message.items():
-            original = self._bodies.get(message_id, b"")
+            original = self._original(message_id, items)
+            # a template that could not be rendered is the operator's error, not the recipient's: no
+            # report to the (VERP) return path, which would count as the subscriber's bounce
+            unrendered = any(isinstance(self._copies.get(d.delivery_id), (str, NotYet)) for d, _ in items)
             for due, _ in items:
+                self._copies.pop(due.delivery_id, None)
                 self._release_body(due.message_id)
             if self._inject is None:
                 continue
@@ -429,7 +518,7 @@ class Scheduler:
             host = snapshot.hostname(sender.rpartition("@")[2] or None)
             now = self._clock()
             try:
-                if dsn.should_report(sender, original):
+                if not unrendered and dsn.should_report(sender, original):
                     report = dsn.delivery_report(original=original, envelope_from=sender, failures=found,
                                                  reporting_host=host, arrival=items[0][0].created_at, now=now)
                     await self._inject(report, "", [sender])

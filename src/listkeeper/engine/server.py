@@ -17,6 +17,7 @@ from listkeeper.store import Store
 from listkeeper.store.queue import InboundRecord, PostRecord
 from listkeeper.store.signing import signing_key
 
+from .events import TemplateCopies
 from .events import tick as run_tick
 from .housekeeping import run_round
 from .fanout import Refused, fan_out
@@ -67,7 +68,7 @@ class Engine:
         self.notifications = Dispatcher(self.current, self.inject, self.store.now)
         self.notifications.start()
         self.scheduler = Scheduler(self.store, self.current, inject=self.inject,
-                                   personalise=self.links.personal_copy)
+                                   personalise=self.links.personal_copy, templates=TemplateCopies.load)
         self.spool = Spool(self.store, on_commit=self.scheduler.wake)
         handler = ListHandler(self.current, self.spool, self.store.now, self.store)
         hostname = self.snapshot.hostname()  # given, so aiosmtpd never calls getfqdn per connection
@@ -121,8 +122,8 @@ class Engine:
                 log.exception("event tick failed")
                 continue
             for item in fired:
-                log.info("event.fired list=%s event=%s count=%d", item.list_name, item.event, len(item.addresses))
-                notify.emit("event.fired", list=item.list_name, event=item.event, subscribers=len(item.addresses),
+                log.info("event.fired list=%s event=%s count=%d", item.list_name, item.event, item.count)
+                notify.emit("event.fired", list=item.list_name, event=item.event, subscribers=item.count,
                             source="tick")
             if fired:
                 self.scheduler.wake()

@@ -7,7 +7,7 @@ from itertools import islice
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import Float, bindparam, delete, func, insert, select, update
+from sqlalchemy import Float, Text, bindparam, delete, func, insert, literal, select, update
 from sqlalchemy.engine import Connection
 
 from listkeeper.manifests.addresses import verp
@@ -115,6 +115,30 @@ def insert_deliveries(conn: Connection, message_id: int, recipients: Iterable[st
         conn.exec_driver_sql(statement, chunk)
 
 
+def verp_sql(bounce_address: str, recipient):
+    """manifests/addresses.py `verp` as an SQL expression, so a fan-out written by INSERT ... SELECT
+    gets the very return paths `insert_deliveries` writes."""
+    local, _, domain = bounce_address.rpartition("@")
+    return (literal(f"{local}+", Text) + func.replace(recipient, "@", "=", type_=Text)
+            + literal(f"@{domain}", Text))
+
+
+def queue_template(conn: Connection, list_name: str, reason: str, data: bytes, bounce_address: str, recipient,
+                   generation: int, now: float) -> int:
+    """A template mail: stored once (kind 'template', rendered per recipient at delivery) with a
+    delivery per row of the `recipient` column, each with its VERP return path: two statements, for
+    any number of recipients. Returns the stored message's id."""
+    message_id = conn.execute(insert(messages).returning(messages.c.id), dict(
+        kind="template", state="queued", parent_id=None, list_name=list_name, mail_from=bounce_address,
+        recipients="[]", reason=reason, generation=generation, size=len(data), data=data, created_at=now)).scalar_one()
+    rows = select(literal(message_id), recipient, verp_sql(bounce_address, recipient), literal("queued"),
+                  literal(0), literal(now), literal(now), literal(now))
+    conn.execute(insert(deliveries).from_select(
+        ["message_id", "recipient", "return_path", "state", "attempts", "next_attempt_at", "created_at", "updated_at"],
+        rows))
+    return message_id
+
+
 def insert_posts(conn: Connection, posts: list[tuple[int | None, int, PostRecord]], now: float) -> list[int]:
     """Posts (each with its parent message and generation), their deliveries, holds and digest entries."""
     if not posts:
@@ -188,6 +212,14 @@ _RECORD = (
             lease_until=None, updated_at=bindparam("b_now"), attempts=deliveries.c.attempts + 1,
             next_attempt_at=func.coalesce(bindparam("b_next", type_=Float), deliveries.c.next_attempt_at))
 )
+
+
+def message_heads(conn: Connection, message_ids: Iterable[int]) -> dict[int, tuple[str, str]]:
+    """(list name or '', kind) of each message: how delivery makes its copies."""
+    ids = list(set(message_ids))
+    rows = conn.execute(select(messages.c.id, messages.c.list_name, messages.c.kind)
+                        .where(messages.c.id.in_(ids))) if ids else []
+    return {row.id: (row.list_name or "", row.kind) for row in rows}
 
 
 def list_names(conn: Connection, message_ids: Iterable[int]) -> dict[int, str]:

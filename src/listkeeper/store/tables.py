@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import (
-    Column, Float, ForeignKey, Index, Integer, LargeBinary, MetaData, String, Table, Text,
+    Column, Float, ForeignKey, Index, Integer, LargeBinary, MetaData, PrimaryKeyConstraint, String, Table, Text,
 )
 
 metadata = MetaData()
@@ -92,6 +92,9 @@ subscribers = Table(
     Column("updated_at", Float, nullable=False, server_default="0"),
 )
 Index("ix_subscribers_receives", subscribers.c.list_name, subscribers.c.receives, subscribers.c.state)
+# who receives a list, in address order, without reading the rows: list events merge it with counters
+Index("ix_subscribers_receiving", subscribers.c.list_name, subscribers.c.address, subscribers.c.state,
+      subscribers.c.receives)
 
 # every subscription change, for the subscriptions report
 subscription_changes = Table(
@@ -181,14 +184,18 @@ refusals = Table(
 )
 Index("ix_refusals_at", refusals.c.at)
 
-# how often each event fired for each subscriber, and when last
+# how often each event fired for each subscriber, and when last. Keyed event first: a tick reads one
+# event's counters as an address-ordered range, and the fires of one event land side by side; on
+# SQLite the key is the table (WITHOUT ROWID), so a counter is one b-tree entry
 event_counters = Table(
     "event_counters", metadata,
-    Column("list_name", String(253), primary_key=True),
-    Column("address", String(254), primary_key=True),
-    Column("event", String(63), primary_key=True),
+    Column("list_name", String(253), nullable=False),
+    Column("address", String(254), nullable=False),
+    Column("event", String(63), nullable=False),
     Column("count", Integer, nullable=False),
     Column("last_at", Float, nullable=False),
+    PrimaryKeyConstraint("list_name", "event", "address", name="event_counters_pkey"),
+    sqlite_with_rowid=False,
 )
 
 # every fire, with its time
