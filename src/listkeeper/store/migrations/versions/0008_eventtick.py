@@ -2,13 +2,13 @@
 index of who receives each list in address order. A tick then reads each event's counters as one
 ordered range and merges it with the subscribers; fires of one event are written side by side.
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0008
+Revises: 0007
 """
 from alembic import op
 
-revision = "0007"
-down_revision = "0006"
+revision = "0008"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
