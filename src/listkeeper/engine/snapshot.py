@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 from listkeeper.manifests.barring import BarringSpec
 from listkeeper.manifests.common import API_VERSION
@@ -47,6 +49,9 @@ class Snapshot:
     suppressed_domains: tuple[str, ...] = ()
     directories: Mapping[str, MemberDirectorySpec] = field(default_factory=lambda: MappingProxyType({}))
     barring: tuple[BarringSpec, ...] = ()
+    # every applied resource's hash and validated spec: the next load reuses those whose hash is unchanged
+    applied: Mapping[tuple[str, str], tuple[str, Any]] = field(default_factory=lambda: MappingProxyType({}),
+                                                               repr=False, compare=False)
 
     def hostname(self, domain: str | None = None) -> str:
         if domain in self.domains:
@@ -60,18 +65,31 @@ def _spec(kind: str, name: str, spec: dict):
     ).spec
 
 
-def load_snapshot(store: Store) -> Snapshot:
+def load_snapshot(store: Store, previous: Snapshot | None = None) -> Snapshot:
+    """The applied configuration as a snapshot. Given the one running now, only resources whose hash
+    changed are parsed and validated again: a reload of one list among thousands stays cheap."""
+    known = previous.applied if previous is not None else {}
     with store.engine.connect() as conn:
-        generation = applied_config.generation(conn)
-        applied = applied_config.applied_resources(conn)
+        generation = applied_config.generation(conn)  # first: a snapshot never claims a newer one than it holds
+        rows = applied_config.applied_specs(conn)
+    applied = {}
+    for kind, name, spec_hash, body in rows:
+        reused = known.get((kind, name))
+        if reused is not None and reused[0] == spec_hash:
+            applied[(kind, name)] = reused
+        else:
+            applied[(kind, name)] = (spec_hash, _spec(kind, name, json.loads(body)))
+    return _assemble(generation, applied)
+
+
+def _assemble(generation: int, applied: dict[tuple[str, str], tuple[str, Any]]) -> Snapshot:
     domains, lists, relays, routes = {}, {}, {}, ()
     delivery, dns_settings = Delivery(), Dns()
     addresses: set[str] = set()
     patterns: list[str] = []
     directories: dict[str, MemberDirectorySpec] = {}
     barring: list[BarringSpec] = []
-    for (kind, name), item in sorted(applied.items()):
-        spec = _spec(kind, name, item.spec)
+    for (kind, name), (_, spec) in sorted(applied.items()):
         if kind == "Domain":
             domains[spec.domain] = spec
         elif kind == "MailingList":
@@ -89,4 +107,4 @@ def load_snapshot(store: Store) -> Snapshot:
             patterns.extend(spec.domains)
     return Snapshot(generation, MappingProxyType(domains), MappingProxyType(lists), routes,
                     MappingProxyType(relays), delivery, dns_settings, frozenset(addresses), tuple(patterns),
-                    MappingProxyType(directories), tuple(barring))
+                    MappingProxyType(directories), tuple(barring), MappingProxyType(applied))

@@ -67,12 +67,19 @@ def find_manifest_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[M
 SHALLOW = 2  # without `precise`, positions are kept for paths this short (metadata.name, spec.address)
 
 
-def load_file(path: Path, precise: bool = True) -> tuple[list[Document], list[ManifestError]]:
-    source = str(path)
+def read_file(path: Path) -> tuple[str | None, list[ManifestError]]:
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8"), []
     except (OSError, UnicodeDecodeError) as exc:
-        return [], [ManifestError(Location(source), "", f"cannot read file: {exc}")]
+        return None, [ManifestError(Location(str(path)), "", f"cannot read file: {exc}")]
+
+
+def load_file(path: Path, precise: bool = True) -> tuple[list[Document], list[ManifestError]]:
+    text, errors = read_file(path)
+    return parse_text(str(path), text, precise) if text is not None else ([], errors)
+
+
+def parse_text(source: str, text: str, precise: bool = True) -> tuple[list[Document], list[ManifestError]]:
     yaml = _yaml()
     docs: list[Document] = []
     errors: list[ManifestError] = []

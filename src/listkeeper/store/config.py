@@ -67,6 +67,17 @@ def generation(conn: Connection) -> int:
     return int(value) if value is not None else 0
 
 
+def generation_in_force(conn: Connection) -> int:
+    """The generation, held steady until the caller's transaction ends: what it reads next (subscribers
+    synced by reconcile) belongs to it. SQLite: the caller already writes, so no reconcile can commit;
+    PostgreSQL: a share lock on the row reconcile locks for update."""
+    query = select(meta.c.value).where(meta.c.key == "generation")
+    if conn.dialect.name != "sqlite":
+        query = query.with_for_update(read=True)
+    value = conn.execute(query).scalar()
+    return int(value) if value is not None else 0
+
+
 def lock(conn: Connection, timeout: float) -> int:
     """Take the configuration lock for this transaction (waiting at most `timeout` s); returns the generation."""
     dialect = conn.dialect.name
@@ -95,6 +106,13 @@ def _row(row) -> AppliedResource:
 def applied_resources(conn: Connection) -> dict[tuple[str, str], AppliedResource]:
     rows = conn.execute(select(resources).where(resources.c.deleted_at.is_(None))).mappings()
     return {item.key: item for item in map(_row, rows)}
+
+
+def applied_specs(conn: Connection) -> list[tuple[str, str, str, str]]:
+    """(kind, name, hash, spec JSON) of every resource in force: the engine parses only what changed."""
+    rows = conn.execute(select(resources.c.kind, resources.c.name, resources.c.hash, resources.c.spec)
+                        .where(resources.c.deleted_at.is_(None)))
+    return [tuple(row) for row in rows]
 
 
 def deleted_resources(conn: Connection) -> dict[tuple[str, str], AppliedResource]:
