@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import sqlite3
@@ -14,10 +13,10 @@ from pathlib import Path
 
 import aiosmtplib
 import pytest
+from watchfiles import Change
 
 from listkeeper.engine.reload import ReloadOptions, WatchFilter
 from listkeeper.engine.status import read_status
-from watchfiles import Change
 
 from .conftest import DOMAIN, pickup_routes, wait_for, write
 

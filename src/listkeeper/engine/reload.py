@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +102,9 @@ class ConfigFollower:
         self._tasks.append(asyncio.create_task(self._follow_store(), name="config-generation"))
         if self.options.paths and self.options.watch:
             self._tasks.append(asyncio.create_task(self._watch(), name="config-watch"))
+            # a first round right away: it fills the file cache (the first change then costs what a change
+            # costs), and it applies what changed between serve's start-up reconcile and the watcher's start
+            self.request("start")
 
     async def stop(self) -> None:
         self._stop.set()
@@ -143,12 +147,14 @@ class ConfigFollower:
     def reload_files(self, trigger: str) -> Rejection | int | None:
         """Validate, then reconcile: a Rejection, the new generation, or None when nothing changed."""
         paths = self.options.paths
+        began = time.perf_counter()
         try:
             manifests = load_manifests(paths, self._cache)
         except ManifestErrors as exc:
             return self._reject(trigger, [str(e) for e in exc.errors])
         for path in manifests.skipped:
             log.info("config: %s skipped: no document has apiVersion or kind", path)
+        validated = time.perf_counter()
         shown: list[Review] = []
         try:
             generation = reconcile(manifests, self.store, self.options.prune, self.options.lock_timeout,
@@ -163,10 +169,11 @@ class ConfigFollower:
         if held:
             log.warning("config: %d deletion(s) held back: serve runs without --prune (or the resource is "
                         "annotated against pruning)", held)
+        took = f"validated in {validated - began:.3f} s, reconciled in {time.perf_counter() - validated:.3f} s"
         if generation is None:
-            log.info("config reload (%s): no changes", trigger)
+            log.info("config reload (%s): no changes; %s", trigger, took)
         else:
-            log.info("config.applied generation=%d trigger=%s: %s", generation, trigger, _summary(shown[0]))
+            log.info("config.applied generation=%d trigger=%s: %s; %s", generation, trigger, _summary(shown[0]), took)
         return generation
 
     def _reject(self, trigger: str, errors: list[str]) -> Rejection:
