@@ -14,6 +14,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,10 +94,16 @@ class ConfigFollower:
         self._stop = asyncio.Event()
         self._unloadable: int | None = None  # a generation this engine failed to load: not retried by polling
         self._tasks: list[asyncio.Task] = []
-        self.reloads = 0  # finished reload rounds (tests and the bench wait on it)
+        self.reloads = 0  # finished reload rounds (tests wait on it)
+        # a thread of its own: under load the default executor's threads are busy with the SMTP
+        # sessions' store lookups, and a reload must not queue behind them
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="config-reload")
+
+    async def _in_thread(self, fn: Callable, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
     async def start(self) -> None:
-        await asyncio.to_thread(self._write, nodes.started, self._current().generation, self.store.now(),
+        await self._in_thread(self._write, nodes.started, self._current().generation, self.store.now(),
                                 self._listening)
         self._tasks.append(asyncio.create_task(self._work(), name="config-reload"))
         self._tasks.append(asyncio.create_task(self._follow_store(), name="config-generation"))
@@ -112,9 +119,10 @@ class ConfigFollower:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         try:
-            await asyncio.to_thread(self._write, nodes.stopped, self.store.now())
+            await self._in_thread(self._write, nodes.stopped, self.store.now())
         except Exception:  # noqa: BLE001 - the store may be gone already; stopping goes on
             log.warning("could not record that node %s stopped", self.node)
+        self._thread.shutdown(wait=True)  # a reload still running finishes (or rolls back) first
 
     def request(self, trigger: str) -> None:
         """Reload the files (and then the store's generation) as soon as the worker is free."""
@@ -130,7 +138,7 @@ class ConfigFollower:
             triggers, self._triggers = self._triggers, []
             try:
                 if triggers and self.options.paths:
-                    outcome = await asyncio.to_thread(self.reload_files, "+".join(dict.fromkeys(triggers)))
+                    outcome = await self._in_thread(self.reload_files, "+".join(dict.fromkeys(triggers)))
                     if isinstance(outcome, Rejection):
                         self._tell(outcome)
                 await self._follow()
@@ -192,13 +200,13 @@ class ConfigFollower:
     async def _follow(self) -> None:
         """Swap to the store's generation if it moved on: only changed resources are parsed again."""
         current = self._current()
-        fresh = await asyncio.to_thread(self._load_newer, current)
+        fresh = await self._in_thread(self._load_newer, current)
         if fresh is None:
             return
         self._install(fresh)
         log.info("config.loaded generation=%d (was %d): %d list(s)", fresh.generation, current.generation,
                  len(fresh.lists))
-        await asyncio.to_thread(self._write, nodes.loaded, fresh.generation, self.store.now())
+        await self._in_thread(self._write, nodes.loaded, fresh.generation, self.store.now())
 
     def _load_newer(self, current: Snapshot) -> Snapshot | None:
         if self._generation() == current.generation:
@@ -220,13 +228,13 @@ class ConfigFollower:
         while True:
             await asyncio.sleep(self.options.poll_interval)
             try:
-                generation = await asyncio.to_thread(self._generation)
+                generation = await self._in_thread(self._generation)
                 if generation not in (self._current().generation, self._unloadable):
                     self._wake.set()
                 beat += self.options.poll_interval
                 if beat >= self.options.heartbeat:
                     beat = 0.0
-                    await asyncio.to_thread(self._write, nodes.seen, self.store.now())
+                    await self._in_thread(self._write, nodes.seen, self.store.now())
             except Exception:  # noqa: BLE001 - a store hiccup; the next poll tries again
                 log.warning("cannot read the configuration generation from the store", exc_info=True)
 
