@@ -153,7 +153,7 @@ def reconcile(paths, store_url, dry_run, prune, detailed_exitcode, output, revis
 @store_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="SMTP listen address.")
 @click.option("--port", default=2525, show_default=True, type=click.IntRange(0, 65535), help="SMTP port.")
-@click.option("--prune", is_flag=True, help="Let the start-up reconcile delete resources.")
+@click.option("--prune", is_flag=True, help="Let the reconciles (at start and on reload) delete resources.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--uvloop", "use_uvloop", is_flag=True, help="Run on uvloop (pip install 'listkeeper[fast]').")
@@ -167,7 +167,8 @@ def reconcile(paths, store_url, dry_run, prune, detailed_exitcode, output, revis
 @click.option("--base-url", metavar="URL", callback=lambda ctx, param, value: _base_url(value),
               help="Public address of the HTTP listener, e.g. https://lists.example.org, that one-click "
                    "unsubscribe links start with (a Domain's web_base_url wins). Default: http://HOST:PORT.")
-@click.option("--no-watch", is_flag=True, help="Do not watch PATHS; reload on SIGHUP (and new store generations) only.")
+@click.option("--no-watch", is_flag=True,
+              help="Do not watch PATHS; reload on SIGHUP (and new store generations) only.")
 @click.option("--node", metavar="NAME", help="This engine's name in `listkeeper status` (default HOST:PORT).")
 def serve(paths, store_url, host, port, prune, log_level, use_uvloop, tick_interval, http_host, http_port,
           no_http, base_url, no_watch, node) -> None:

@@ -104,7 +104,7 @@ class ConfigFollower:
 
     async def start(self) -> None:
         await self._in_thread(self._write, nodes.started, self._current().generation, self.store.now(),
-                                self._listening)
+                              self._listening)
         self._tasks.append(asyncio.create_task(self._work(), name="config-reload"))
         self._tasks.append(asyncio.create_task(self._follow_store(), name="config-generation"))
         if self.options.paths and self.options.watch:
