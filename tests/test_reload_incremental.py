@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -91,3 +93,24 @@ def test_the_snapshot_rebuilds_only_changed_resources(conf, store_url):
         assert after.lists == load_snapshot(store).lists  # the same configuration as a full load
     finally:
         store.close()
+
+
+def test_a_rewrite_within_the_same_clock_tick_is_seen(conf):
+    """Same size, written right after it was read: the stat cannot tell, so the text is compared."""
+    cache = FileCache()
+    write(conf, "two.yaml", a_list("two", "[a]"))
+    assert by_name(load_manifests([conf], cache))["two"].manifest.spec.subject_prefix == "[a]"
+    write(conf, "two.yaml", a_list("two", "[b]"))
+    assert by_name(load_manifests([conf], cache))["two"].manifest.spec.subject_prefix == "[b]"
+
+
+def test_a_rewrite_that_puts_the_old_times_back_is_seen(conf):
+    """Editors and tools may restore the modification time (cp -p, rsync -t); the change time cannot be."""
+    cache = FileCache()
+    path = write(conf, "two.yaml", a_list("two", "[a]"))
+    os.utime(path, ns=(1_600_000_000_000_000_000, 1_600_000_000_000_000_000))  # settled long ago
+    assert by_name(load_manifests([conf], cache))["two"].manifest.spec.subject_prefix == "[a]"
+    time.sleep(0.05)  # past the kernel clock's tick
+    write(conf, "two.yaml", a_list("two", "[b]"))
+    os.utime(path, ns=(1_600_000_000_000_000_000, 1_600_000_000_000_000_000))
+    assert by_name(load_manifests([conf], cache))["two"].manifest.spec.subject_prefix == "[b]"

@@ -102,3 +102,22 @@ async def test_two_nodes_on_one_store_follow_each_other(store, tmp_path):  # noq
         for engine in started:
             await asyncio.wait_for(engine.stop(), timeout=20)
         second.close()
+
+
+def test_the_applied_memo_fetches_only_what_changed(store):  # noqa: F811
+    def write(upserts, deletes=()):
+        with store.engine.begin() as conn:
+            applied_config.write_resources(conn, [applied_config.ResourceWrite("Relay", n, spec, f"h-{spec['v']}",
+                                                                               f"r.yaml:{i}:1")
+                                                  for i, (n, spec) in enumerate(upserts)], list(deletes), 1.0)
+    write([("a", {"v": 1}), ("b", {"v": 1}), ("c", {"v": 1})])
+    memo = applied_config.AppliedMemo()
+    with store.engine.connect() as conn:
+        first = applied_config.applied_resources(conn, memo)
+        assert applied_config.fingerprints(conn) == {("Relay", n): (1, "h-1") for n in "abc"}
+    write([("b", {"v": 2})], [("Relay", "c")])
+    with store.engine.connect() as conn:
+        second = applied_config.applied_resources(conn, memo)
+        assert second == applied_config.applied_resources(conn)  # what a plain read gives
+    assert second[("Relay", "a")] is first[("Relay", "a")]  # not fetched again
+    assert second[("Relay", "b")].spec == {"v": 2} and ("Relay", "c") not in second

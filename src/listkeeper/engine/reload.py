@@ -166,7 +166,7 @@ class ConfigFollower:
         shown: list[Review] = []
         try:
             generation = reconcile(manifests, self.store, self.options.prune, self.options.lock_timeout,
-                                   show=shown.append, origin=Origin(self.node, trigger, paths))
+                                   show=shown.append, origin=Origin(self.node, trigger, paths), assess=False)
         except ApplyError as exc:
             return self._reject(trigger, [str(exc)])
         except LockTimeout as exc:

@@ -67,18 +67,20 @@ def _spec(kind: str, name: str, spec: dict):
 
 def load_snapshot(store: Store, previous: Snapshot | None = None) -> Snapshot:
     """The applied configuration as a snapshot. Given the one running now, only resources whose hash
-    changed are parsed and validated again: a reload of one list among thousands stays cheap."""
+    changed are fetched, parsed and validated again: a reload of one list among thousands stays cheap."""
     known = previous.applied if previous is not None else {}
     with store.engine.connect() as conn:
         generation = applied_config.generation(conn)  # first: a snapshot never claims a newer one than it holds
-        rows = applied_config.applied_specs(conn)
-    applied = {}
-    for kind, name, spec_hash, body in rows:
-        reused = known.get((kind, name))
-        if reused is not None and reused[0] == spec_hash:
-            applied[(kind, name)] = reused
+        if known:
+            hashes = {key: spec_hash for key, (_, spec_hash) in applied_config.fingerprints(conn).items()}
+            changed = [key for key, spec_hash in hashes.items() if key not in known or known[key][0] != spec_hash]
+            rows = applied_config.applied_specs(conn, changed if len(changed) <= applied_config.FEW else None)
         else:
-            applied[(kind, name)] = (spec_hash, _spec(kind, name, json.loads(body)))
+            hashes, rows = None, applied_config.applied_specs(conn)
+    applied = {(kind, name): (spec_hash, _spec(kind, name, json.loads(body))) for kind, name, spec_hash, body in rows}
+    if hashes is not None:  # the unchanged ones, as they were
+        applied.update({key: known[key] for key, spec_hash in hashes.items()
+                        if key not in applied and key in known and known[key][0] == spec_hash})
     return _assemble(generation, applied)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +13,7 @@ from pydantic import ValidationError
 from .common import API_VERSION, Manifest
 from .errors import Location, ManifestError, ManifestErrors, field_path
 from .kinds import KINDS
-from .loader import Document, find_manifest_files, parse_text, read_file
+from .loader import Document, find_manifest_entries, parse_text, read_file
 
 
 @dataclass(frozen=True)
@@ -52,23 +54,48 @@ class Manifests:
 
 
 class FileCache:
-    """What each file loaded and validated to, by its text. Every file is read on each load, but only
-    those whose text changed are parsed and validated again (the cross-checks always run on all):
-    an engine reloading one changed list among thousands keeps one of these."""
+    """What each file loaded and validated to. Only files whose text changed are parsed and validated
+    again (the cross-checks always run on all): an engine reloading one changed list among thousands
+    keeps one of these.
+
+    A file is not even read again while its stat (inode, size, modification and change times) is the
+    one it had when it was read, and it had not been modified in the second before: git's answer to
+    "racy" files whose timestamp cannot tell two writes apart."""
+
+    SETTLED_NS = 1_000_000_000
 
     def __init__(self) -> None:
-        self._files: dict[tuple[str, bool], tuple[str, LoadedFile]] = {}
+        self._files: dict[tuple[str, bool], _Cached] = {}
+
+    def unchanged(self, source: str, precise: bool, stat: os.stat_result | None) -> LoadedFile | None:
+        found = self._files.get((source, precise))
+        if found is None or stat is None or found.stat != _stat_key(stat):
+            return None
+        return found.loaded if stat.st_mtime_ns < found.read_at_ns - self.SETTLED_NS else None
 
     def get(self, source: str, precise: bool, text: str) -> LoadedFile | None:
         found = self._files.get((source, precise))
-        return found[1] if found is not None and found[0] == text else None
+        return found.loaded if found is not None and found.text == text else None
 
-    def put(self, source: str, precise: bool, text: str, loaded: LoadedFile) -> None:
-        self._files[(source, precise)] = (text, loaded)
+    def put(self, source: str, precise: bool, text: str, loaded: LoadedFile, stat: os.stat_result | None,
+            read_at_ns: int) -> None:
+        self._files[(source, precise)] = _Cached(text, loaded, _stat_key(stat) if stat else None, read_at_ns)
 
     def keep_only(self, sources: set[str]) -> None:
         for key in [k for k in self._files if k[0] not in sources]:
             del self._files[key]
+
+
+def _stat_key(stat: os.stat_result) -> tuple[int, int, int, int]:
+    return (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+
+
+@dataclass(frozen=True)
+class _Cached:
+    text: str
+    loaded: LoadedFile
+    stat: tuple[int, int, int, int] | None
+    read_at_ns: int
 
 
 @dataclass(frozen=True)
@@ -91,34 +118,36 @@ def load_manifests(paths: Iterable[str | Path], cache: FileCache | None = None) 
         return _load(paths, True, cache)
 
 
-def _load_file(path: Path, precise: bool, cache: FileCache | None) -> LoadedFile:
+def _load_file(path: Path, stat: os.stat_result | None, precise: bool, cache: FileCache | None) -> LoadedFile:
     source = str(path)
+    if cache is not None and (found := cache.unchanged(source, precise, stat)) is not None:
+        return found
+    read_at_ns = time.time_ns()
     text, errors = read_file(path)
     if text is None:
         return LoadedFile((), tuple(errors), (), False)
-    found = cache.get(source, precise, text) if cache is not None else None
-    if found is not None:
-        return found
-    docs, errors = parse_text(source, text, precise)
-    foreign = bool(docs) and not any(
-        not isinstance(d.data, dict) or "apiVersion" in d.data or "kind" in d.data for d in docs)
-    validated = () if foreign else tuple((r, tuple(e)) for r, e in map(_validate_document, docs))
-    loaded = LoadedFile(tuple(docs), tuple(errors), validated, foreign)
+    loaded = cache.get(source, precise, text) if cache is not None else None
+    if loaded is None:
+        docs, errors = parse_text(source, text, precise)
+        foreign = bool(docs) and not any(
+            not isinstance(d.data, dict) or "apiVersion" in d.data or "kind" in d.data for d in docs)
+        validated = () if foreign else tuple((r, tuple(e)) for r, e in map(_validate_document, docs))
+        loaded = LoadedFile(tuple(docs), tuple(errors), validated, foreign)
     if cache is not None:
-        cache.put(source, precise, text, loaded)
+        cache.put(source, precise, text, loaded, stat, read_at_ns)
     return loaded
 
 
 def _load(paths: list, precise: bool, cache: FileCache | None = None) -> Manifests:
-    files, errors = find_manifest_files(paths)
+    files, errors = find_manifest_entries(paths)
     if cache is not None:
-        cache.keep_only({str(p) for p in files})
+        cache.keep_only({str(p) for p, _ in files})
     resources: list[Resource] = []
     skipped: list[str] = []
     by_key: dict[tuple[str, str], Resource] = {}
     docs_by_key: dict[tuple[str, str], Document] = {}
-    for path in files:
-        loaded = _load_file(path, precise, cache)
+    for path, stat in files:
+        loaded = _load_file(path, stat, precise, cache)
         errors.extend(loaded.errors)
         if loaded.foreign:
             skipped.append(str(path))

@@ -93,11 +93,14 @@ def selection_changes(result: Plan, desired, applied) -> dict:
 
 
 def review_in(conn: Connection, desired, prune: bool, now: float, retention_days: float,
-              applied: Mapping | None = None) -> Review:
+              applied: Mapping | None = None, assess: bool = True) -> Review:
+    """The plan, and (`assess`) what it does to runtime data: counted in the store and the directories."""
     base = applied_config.generation(conn)
     applied = applied_config.applied_resources(conn) if applied is None else applied
     deleted = applied_config.deleted_resources(conn)
     result = plan(desired, applied, deleted, prune, base)
+    if not assess:
+        return Review(result, ())
     found = impacts(result, runtime_facts(conn), _routes_after(desired), selection_changes(result, desired, applied))
     return Review(result, found + _expired(deleted, now, retention_days))
 
@@ -121,13 +124,14 @@ def review_against(manifests: Manifests, applied: Mapping, revision: str, store:
 
 def reconcile(manifests: Manifests, store: Store, prune: bool = False, lock_timeout: float = 30,
               retention_days: float = 30, show: Callable[[Review], None] = lambda r: None,
-              origin: config_history.Origin = config_history.Origin()) -> int | None:
-    """Lock, plan, show, apply, purge expired soft deletes: one transaction (with its history entry)."""
+              origin: config_history.Origin = config_history.Origin(), assess: bool = True) -> int | None:
+    """Lock, plan, show, apply, purge expired soft deletes: one transaction (with its history entry).
+    `assess` False: the review shown has no runtime impacts (an engine's reload shows no plan)."""
     desired = desired_state(manifests)
     with store.engine.begin() as conn:
         applied_config.lock(conn, lock_timeout)
-        applied = applied_config.applied_resources(conn)  # read once: decoding every spec is the cost
-        found = review_in(conn, desired, prune, store.now(), retention_days, applied)
+        applied = applied_config.applied_resources(conn, store.applied)  # only changed rows are decoded
+        found = review_in(conn, desired, prune, store.now(), retention_days, applied, assess)
         show(found)
         generation = apply(found.plan, conn, store.now(), applied)
         purged = applied_config.purge_deleted(conn, store.now() - retention_days * DAY)
