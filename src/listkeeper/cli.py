@@ -135,7 +135,8 @@ def reconcile(paths, store_url, dry_run, prune, detailed_exitcode, output, revis
             else:
                 shown = []
                 generation = rc.reconcile(manifests, store, prune, lock_timeout, retention_days,
-                                          lambda r: (shown.append(r), show(r)))
+                                          lambda r: (shown.append(r), show(r)),
+                                          origin=_origin("reconcile", "cli", paths))
                 found = shown[0]
                 if generation is not None:
                     click.echo(f"Applied: configuration generation {generation}.", err=output == "json")
@@ -156,7 +157,7 @@ def reconcile(paths, store_url, dry_run, prune, detailed_exitcode, output, revis
 @store_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="SMTP listen address.")
 @click.option("--port", default=2525, show_default=True, type=click.IntRange(0, 65535), help="SMTP port.")
-@click.option("--prune", is_flag=True, help="Let the start-up reconcile delete resources.")
+@click.option("--prune", is_flag=True, help="Let the reconciles (at start and on reload) delete resources.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--uvloop", "use_uvloop", is_flag=True, help="Run on uvloop (pip install 'listkeeper[fast]').")
@@ -170,21 +171,27 @@ def reconcile(paths, store_url, dry_run, prune, detailed_exitcode, output, revis
 @click.option("--base-url", metavar="URL", callback=lambda ctx, param, value: _base_url(value),
               help="Public address of the HTTP listener, e.g. https://lists.example.org, that one-click "
                    "unsubscribe links start with (a Domain's web_base_url wins). Default: http://HOST:PORT.")
+@click.option("--no-watch", is_flag=True,
+              help="Do not watch PATHS; reload on SIGHUP (and new store generations) only.")
+@click.option("--node", metavar="NAME", help="This engine's name in `listkeeper status` (default HOST:PORT).")
 def serve(paths, store_url, host, port, prune, log_level, use_uvloop, tick_interval, http_host, http_port,
-          no_http, base_url) -> None:
-    """Reconcile, then accept SMTP, deliver and serve one-click unsubscribe."""
+          no_http, base_url, no_watch, node) -> None:
+    """Reconcile, then accept SMTP, deliver and serve one-click unsubscribe. Changes to PATHS (or
+    SIGHUP) are validated and reconciled while running; an invalid change is refused, with its errors."""
+    from listkeeper.engine.reload import ReloadOptions, node_name
     from listkeeper.engine.server import ServeOptions, serve_forever
     from listkeeper.engine.web import WebListenError
     from listkeeper.reconcile import reconcile as reconcile_store
     from listkeeper.store.config import LockTimeout
     logging.basicConfig(level=getattr(logging, log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    for noisy in ("mail.log", "alembic"):
+    for noisy in ("mail.log", "alembic", "watchfiles"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     manifests = _load(paths)
     store = _open_store(store_url)
     try:
-        generation = reconcile_store(manifests, store, prune)
+        generation = reconcile_store(manifests, store, prune,
+                                     origin=_origin(node_name(node, port), "start", paths))
     except LockTimeout as exc:
         raise click.ClickException(str(exc)) from None
     if generation is not None:
@@ -198,11 +205,14 @@ def serve(paths, store_url, host, port, prune, log_level, use_uvloop, tick_inter
         if engine.web is not None:
             click.echo(f"one-click unsubscribe on {engine.web.url}{'' if not base_url else ' as ' + base_url}",
                        err=True)
+        click.echo(f"config: {'watching' if not no_watch else 'not watching (--no-watch)'} "
+                   f"{', '.join(paths or DEFAULT_PATHS)}; SIGHUP reloads; node {engine.follower.node}", err=True)
         click.echo(f"listkeeper serving {len(snap.lists)} list(s) for {', '.join(sorted(snap.domains))} "
                    f"on smtp://{host}:{engine.port} (generation {snap.generation}); Ctrl-C stops", err=True)
 
     options = ServeOptions(host=host, port=port, tick_interval=tick_interval, http_host=http_host,
-                           http_port=None if no_http else http_port, base_url=base_url)
+                           http_port=None if no_http else http_port, base_url=base_url, node=node,
+                           reload=ReloadOptions(tuple(paths or DEFAULT_PATHS), watch=not no_watch, prune=prune))
     run = asyncio.run
     if use_uvloop:
         try:
@@ -218,6 +228,11 @@ def serve(paths, store_url, host, port, prune, log_level, use_uvloop, tick_inter
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     finally:
         store.close()
+
+
+def _origin(who: str, trigger: str, paths: tuple[str, ...]):
+    from listkeeper.store.config_history import Origin
+    return Origin(who, trigger, tuple(paths or DEFAULT_PATHS))
 
 
 def _base_url(value: str | None) -> str | None:
@@ -887,3 +902,18 @@ def report_run(name, since, store_url) -> None:
     built = _report(store_url, name, since, send=True)
     click.echo(f"{name}: {len(built.table.rows)} row(s) queued for {', '.join(built.spec.recipients)}: "
                f"{subject_of(built)}")
+
+
+# -- hot reload: what the engines run -----------------------------------------------------------------------
+
+@main.command("status")
+@store_option
+@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def status_cmd(store_url, output) -> None:
+    """The running configuration generation, how and from which files it was applied, the engines on
+    this store and the generation each runs, the last rejected reload with its errors, the queue."""
+    from listkeeper.engine.status import read_status, render_status
+    with _store(store_url) as store:
+        with store.engine.connect() as conn:
+            found = read_status(conn, store.now())
+    click.echo(found.json() if output == "json" else render_status(found))

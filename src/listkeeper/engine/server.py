@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from .fanout import Refused, fan_out
 from .membership import look_up_in
 from .oneclick import Links
 from .recipients import Recipient, accept_recipient
+from .reload import ConfigFollower, Rejection, ReloadOptions, node_name
 from .smtp import ListHandler
 from .snapshot import Snapshot, load_snapshot
 from .spool import Spool
@@ -42,6 +44,8 @@ class ServeOptions:
     http_host: str = "127.0.0.1"  # the one-click unsubscribe listener
     http_port: int | None = 8025  # 0: any free port; None: no listener (another node serves the links)
     base_url: str | None = None  # where recipients reach the listener; default: its own address
+    reload: ReloadOptions = ReloadOptions()  # what to watch; the store's generation is followed always
+    node: str | None = None  # this engine's name in the store (listkeeper status); default host:port
 
 
 @dataclass
@@ -58,6 +62,9 @@ class Engine:
     web: WebListener | None = None
     links: Links | None = None
     notifications: Dispatcher | None = None
+    follower: ConfigFollower | None = None
+    # called with each reload refused for invalid manifests (the `config.rejected` event's hook)
+    on_config_rejected: Callable[[Rejection], None] | None = None
 
     def current(self) -> Snapshot:
         return self.snapshot
@@ -71,10 +78,9 @@ class Engine:
                                    personalise=self.links.personal_copy, templates=TemplateCopies.load)
         self.spool = Spool(self.store, on_commit=self.scheduler.wake)
         handler = ListHandler(self.current, self.spool, self.store.now, self.store)
-        hostname = self.snapshot.hostname()  # given, so aiosmtpd never calls getfqdn per connection
 
-        def protocol() -> SMTP:
-            return SMTP(handler, hostname=hostname, ident="listkeeper", decode_data=False,
+        def protocol() -> SMTP:  # the hostname is given, so aiosmtpd never calls getfqdn per connection
+            return SMTP(handler, hostname=self.snapshot.hostname(), ident="listkeeper", decode_data=False,
                         enable_SMTPUTF8=True, data_size_limit=self.options.data_size_limit)
 
         try:
@@ -84,6 +90,7 @@ class Engine:
                 await self.web.close()
             await self.notifications.close()
             raise
+        await self._start_follower()
         self.tasks.append(asyncio.create_task(self.scheduler.run(), name="delivery-scheduler"))
         self.tasks.append(asyncio.create_task(self._ticks(), name="event-ticks"))
         self.tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
@@ -104,6 +111,25 @@ class Engine:
         else:
             log.warning("no HTTP listener and no --base-url: posts of domains without web_base_url carry "
                         "only the mailto unsubscribe, no one-click link")
+
+    async def _start_follower(self) -> None:
+        """Hot reload: follow the files (if given) and the store's generation (always)."""
+        self.follower = ConfigFollower(self.store, node_name(self.options.node, self.port), self.options.reload,
+                                       self.current, self.install, self._config_rejected,
+                                       f"smtp://{self.options.host}:{self.port}")
+        await self.follower.start()
+
+    def install(self, snapshot: Snapshot) -> None:
+        """Swap the configuration whole: new sessions and delivery rounds take it, running ones keep theirs."""
+        previous, self.snapshot = self.snapshot, snapshot
+        if previous is not None and snapshot.generation != previous.generation:
+            notify.emit("config.applied", generation=snapshot.generation, source="reload")
+
+    def _config_rejected(self, rejection: Rejection) -> None:
+        notify.emit("config.rejected", error="\n".join(rejection.errors[:20]), errors=len(rejection.errors),
+                    source=rejection.trigger)
+        if self.on_config_rejected is not None:
+            self.on_config_rejected(rejection)
 
     async def _housekeeping(self) -> None:
         while True:
@@ -155,6 +181,8 @@ class Engine:
         return self.server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
+        if self.follower is not None:
+            await self.follower.stop()
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
@@ -182,6 +210,7 @@ async def serve_forever(store: Store, options: ServeOptions, ready=lambda engine
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, engine.follower.request, "sighup")
     await stop.wait()
     log.info("stopping")
     await engine.stop()

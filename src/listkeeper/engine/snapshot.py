@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 from listkeeper.manifests.barring import BarringSpec
 from listkeeper.manifests.common import API_VERSION
@@ -51,6 +53,9 @@ class Snapshot:
     barring: tuple[BarringSpec, ...] = ()
     notifications: Mapping[str, NotificationSpec] = field(default_factory=lambda: MappingProxyType({}))  # by name
     reports: Mapping[str, ReportSpec] = field(default_factory=lambda: MappingProxyType({}))  # by name
+    # every applied resource's hash and validated spec: the next load reuses those whose hash is unchanged
+    applied: Mapping[tuple[str, str], tuple[str, Any]] = field(default_factory=lambda: MappingProxyType({}),
+                                                               repr=False, compare=False)
 
     def hostname(self, domain: str | None = None) -> str:
         if domain in self.domains:
@@ -64,10 +69,26 @@ def _spec(kind: str, name: str, spec: dict):
     ).spec
 
 
-def load_snapshot(store: Store) -> Snapshot:
+def load_snapshot(store: Store, previous: Snapshot | None = None) -> Snapshot:
+    """The applied configuration as a snapshot. Given the one running now, only resources whose hash
+    changed are fetched, parsed and validated again: a reload of one list among thousands stays cheap."""
+    known = previous.applied if previous is not None else {}
     with store.engine.connect() as conn:
-        generation = applied_config.generation(conn)
-        applied = applied_config.applied_resources(conn)
+        generation = applied_config.generation(conn)  # first: a snapshot never claims a newer one than it holds
+        if known:
+            hashes = {key: spec_hash for key, (_, spec_hash) in applied_config.fingerprints(conn).items()}
+            changed = [key for key, spec_hash in hashes.items() if key not in known or known[key][0] != spec_hash]
+            rows = applied_config.applied_specs(conn, changed if len(changed) <= applied_config.FEW else None)
+        else:
+            hashes, rows = None, applied_config.applied_specs(conn)
+    applied = {(kind, name): (spec_hash, _spec(kind, name, json.loads(body))) for kind, name, spec_hash, body in rows}
+    if hashes is not None:  # the unchanged ones, as they were
+        applied.update({key: known[key] for key, spec_hash in hashes.items()
+                        if key not in applied and key in known and known[key][0] == spec_hash})
+    return _assemble(generation, applied)
+
+
+def _assemble(generation: int, applied: dict[tuple[str, str], tuple[str, Any]]) -> Snapshot:
     domains, lists, relays, routes = {}, {}, {}, ()
     delivery, dns_settings = Delivery(), Dns()
     addresses: set[str] = set()
@@ -76,8 +97,7 @@ def load_snapshot(store: Store) -> Snapshot:
     barring: list[BarringSpec] = []
     notifications: dict[str, NotificationSpec] = {}
     reports: dict[str, ReportSpec] = {}
-    for (kind, name), item in sorted(applied.items()):
-        spec = _spec(kind, name, item.spec)
+    for (kind, name), (_, spec) in sorted(applied.items()):
         if kind == "Domain":
             domains[spec.domain] = spec
         elif kind == "MailingList":
@@ -100,4 +120,4 @@ def load_snapshot(store: Store) -> Snapshot:
     return Snapshot(generation, MappingProxyType(domains), MappingProxyType(lists), routes,
                     MappingProxyType(relays), delivery, dns_settings, frozenset(addresses), tuple(patterns),
                     MappingProxyType(directories), tuple(barring), MappingProxyType(notifications),
-                    MappingProxyType(reports))
+                    MappingProxyType(reports), MappingProxyType(applied))

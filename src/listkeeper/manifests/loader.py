@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import os
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,28 +52,59 @@ class Document:
 
 
 def find_manifest_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[ManifestError]]:
-    files: list[Path] = []
+    found, errors = find_manifest_entries(paths)
+    return [path for path, _ in found], errors
+
+
+def find_manifest_entries(paths: Iterable[str | Path]) -> tuple[list[tuple[Path, os.stat_result]],
+                                                                  list[ManifestError]]:
+    """Every manifest file under `paths` with its stat: one system call per file (a reload of
+    thousands of files looks at each one)."""
+    files: list[tuple[Path, os.stat_result]] = []
     errors: list[ManifestError] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            files.extend(sorted(p for p in path.rglob("*") if p.suffix in SUFFIXES and p.is_file()))
+            files.extend(sorted(_walk(path), key=lambda item: item[0].parts))  # Path's own order, but faster
         elif path.is_file():
-            files.append(path)
+            files.append((path, path.stat()))
         else:
             errors.append(ManifestError(Location(str(path)), "", "no such file or directory"))
     return files, errors
 
 
+def _walk(folder: Path) -> Iterator[tuple[Path, os.stat_result]]:
+    """As Path.rglob: symlinked files are followed, symlinked folders are not entered."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                yield from _walk(Path(entry.path))
+            elif os.path.splitext(entry.name)[1] in SUFFIXES and entry.is_file():
+                yield Path(entry.path), entry.stat()
+        except OSError:  # gone meanwhile, or a dangling link: not a manifest file
+            continue
+
+
 SHALLOW = 2  # without `precise`, positions are kept for paths this short (metadata.name, spec.address)
 
 
-def load_file(path: Path, precise: bool = True) -> tuple[list[Document], list[ManifestError]]:
-    source = str(path)
+def read_file(path: Path) -> tuple[str | None, list[ManifestError]]:
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8"), []
     except (OSError, UnicodeDecodeError) as exc:
-        return [], [ManifestError(Location(source), "", f"cannot read file: {exc}")]
+        return None, [ManifestError(Location(str(path)), "", f"cannot read file: {exc}")]
+
+
+def load_file(path: Path, precise: bool = True) -> tuple[list[Document], list[ManifestError]]:
+    text, errors = read_file(path)
+    return parse_text(str(path), text, precise) if text is not None else ([], errors)
+
+
+def parse_text(source: str, text: str, precise: bool = True) -> tuple[list[Document], list[ManifestError]]:
     yaml = _yaml()
     docs: list[Document] = []
     errors: list[ManifestError] = []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +13,7 @@ from pydantic import ValidationError
 from .common import API_VERSION, Manifest
 from .errors import Location, ManifestError, ManifestErrors, field_path
 from .kinds import KINDS
-from .loader import Document, load_documents
+from .loader import Document, find_manifest_entries, parse_text, read_file
 
 
 @dataclass(frozen=True)
@@ -51,57 +53,127 @@ class Manifests:
         return [r for r in self.resources if r.kind == kind]
 
 
-def load_manifests(paths: Iterable[str | Path]) -> Manifests:
+class FileCache:
+    """What each file loaded and validated to. Only files whose text changed are parsed and validated
+    again (the cross-checks always run on all): an engine reloading one changed list among thousands
+    keeps one of these.
+
+    A file is not even read again while its stat (inode, size, modification and change times) is the
+    one it had when it was read, and it had not been modified in the second before: git's answer to
+    "racy" files whose timestamp cannot tell two writes apart."""
+
+    SETTLED_NS = 1_000_000_000
+
+    def __init__(self) -> None:
+        self._files: dict[tuple[str, bool], _Cached] = {}
+
+    def unchanged(self, source: str, precise: bool, stat: os.stat_result | None) -> LoadedFile | None:
+        found = self._files.get((source, precise))
+        if found is None or stat is None or found.stat != _stat_key(stat):
+            return None
+        return found.loaded if stat.st_mtime_ns < found.read_at_ns - self.SETTLED_NS else None
+
+    def get(self, source: str, precise: bool, text: str) -> LoadedFile | None:
+        found = self._files.get((source, precise))
+        return found.loaded if found is not None and found.text == text else None
+
+    def put(self, source: str, precise: bool, text: str, loaded: LoadedFile, stat: os.stat_result | None,
+            read_at_ns: int) -> None:
+        self._files[(source, precise)] = _Cached(text, loaded, _stat_key(stat) if stat else None, read_at_ns)
+
+    def keep_only(self, sources: set[str]) -> None:
+        for key in [k for k in self._files if k[0] not in sources]:
+            del self._files[key]
+
+
+def _stat_key(stat: os.stat_result) -> tuple[int, int, int, int]:
+    return (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+
+
+@dataclass(frozen=True)
+class _Cached:
+    text: str
+    loaded: LoadedFile
+    stat: tuple[int, int, int, int] | None
+    read_at_ns: int
+
+
+@dataclass(frozen=True)
+class LoadedFile:
+    documents: tuple[Document, ...]
+    errors: tuple[ManifestError, ...]  # reading and YAML errors
+    validated: tuple[tuple[Resource | None, tuple[ManifestError, ...]], ...]  # per document
+    foreign: bool  # no document has apiVersion or kind: not ours (e.g. a CI workflow), skipped
+
+
+def load_manifests(paths: Iterable[str | Path], cache: FileCache | None = None) -> Manifests:
     """Load, validate and cross-check; raises ManifestErrors listing every problem.
 
     The first pass keeps positions of shallow keys only; errors are rare, so only then are the
     files read again with every position, for exact path:line:column."""
     paths = list(paths)
     try:
-        return _load(paths, precise=False)
+        return _load(paths, False, cache)
     except ManifestErrors:
-        return _load(paths, precise=True)
+        return _load(paths, True, cache)
 
 
-def _load(paths: list, precise: bool) -> Manifests:
-    docs, errors = load_documents(paths, precise)
-    docs, skipped = _without_foreign_files(docs)
+def _load_file(path: Path, stat: os.stat_result | None, precise: bool, cache: FileCache | None) -> LoadedFile:
+    source = str(path)
+    if cache is not None and (found := cache.unchanged(source, precise, stat)) is not None:
+        return found
+    read_at_ns = time.time_ns()
+    text, errors = read_file(path)
+    if text is None:
+        return LoadedFile((), tuple(errors), (), False)
+    loaded = cache.get(source, precise, text) if cache is not None else None
+    if loaded is None:
+        docs, errors = parse_text(source, text, precise)
+        foreign = bool(docs) and not any(
+            not isinstance(d.data, dict) or "apiVersion" in d.data or "kind" in d.data for d in docs)
+        validated = () if foreign else tuple((r, tuple(e)) for r, e in map(_validate_document, docs))
+        loaded = LoadedFile(tuple(docs), tuple(errors), validated, foreign)
+    if cache is not None:
+        cache.put(source, precise, text, loaded, stat, read_at_ns)
+    return loaded
+
+
+def _load(paths: list, precise: bool, cache: FileCache | None = None) -> Manifests:
+    files, errors = find_manifest_entries(paths)
+    if cache is not None:
+        cache.keep_only({str(p) for p, _ in files})
     resources: list[Resource] = []
+    skipped: list[str] = []
     by_key: dict[tuple[str, str], Resource] = {}
     docs_by_key: dict[tuple[str, str], Document] = {}
-    for doc in docs:
-        resource, doc_errors = _validate_document(doc)
-        errors.extend(doc_errors)
-        if resource is None:
+    for path, stat in files:
+        loaded = _load_file(path, stat, precise, cache)
+        errors.extend(loaded.errors)
+        if loaded.foreign:
+            skipped.append(str(path))
             continue
-        first = by_key.get(resource.key)
-        if first is not None:
-            errors.append(ManifestError(
-                doc.locate(("metadata", "name")), "metadata.name",
-                f"duplicate {resource.kind} {resource.name!r}; first defined at {first.location}",
-            ))
-            errors.append(ManifestError(
-                docs_by_key[first.key].locate(("metadata", "name")), "metadata.name",
-                f"duplicate {resource.kind} {resource.name!r}; defined again at {resource.location}",
-            ))
-            continue
-        resources.append(resource)
-        by_key[resource.key] = resource
-        docs_by_key[resource.key] = doc
+        for doc, (resource, doc_errors) in zip(loaded.documents, loaded.validated):
+            errors.extend(doc_errors)
+            if resource is None:
+                continue
+            first = by_key.get(resource.key)
+            if first is not None:
+                errors.append(ManifestError(
+                    doc.locate(("metadata", "name")), "metadata.name",
+                    f"duplicate {resource.kind} {resource.name!r}; first defined at {first.location}",
+                ))
+                errors.append(ManifestError(
+                    docs_by_key[first.key].locate(("metadata", "name")), "metadata.name",
+                    f"duplicate {resource.kind} {resource.name!r}; defined again at {resource.location}",
+                ))
+                continue
+            resources.append(resource)
+            by_key[resource.key] = resource
+            docs_by_key[resource.key] = doc
     errors.extend(_cross_check(resources, docs_by_key))
     if errors:
         raise ManifestErrors(errors)
-    return Manifests(tuple(resources), skipped)
-
-
-def _without_foreign_files(docs: list[Document]) -> tuple[list[Document], tuple[str, ...]]:
-    """A file none of whose documents has apiVersion or kind is not ours: skipped, and said so."""
-    ours: dict[str, bool] = {}
-    for doc in docs:
-        mine = not isinstance(doc.data, dict) or "apiVersion" in doc.data or "kind" in doc.data
-        ours[doc.source] = ours.get(doc.source, False) or mine
-    skipped = tuple(sorted(source for source, mine in ours.items() if not mine))
-    return [d for d in docs if d.source not in skipped], skipped
+    return Manifests(tuple(resources), tuple(sorted(skipped)))
 
 
 def _validate_document(doc: Document) -> tuple[Resource | None, list[ManifestError]]:

@@ -14,6 +14,7 @@ from listkeeper.manifests import Manifests
 from listkeeper.manifests.directory import MemberDirectorySpec, Members
 from listkeeper.store import Store
 from listkeeper.store import config as applied_config
+from listkeeper.store import config_history
 from listkeeper.store import directory as member_directory
 from listkeeper.store import events as store_events
 from listkeeper.store import queue as store_queue
@@ -91,11 +92,15 @@ def selection_changes(result: Plan, desired, applied) -> dict:
     return out
 
 
-def review_in(conn: Connection, desired, prune: bool, now: float, retention_days: float) -> Review:
+def review_in(conn: Connection, desired, prune: bool, now: float, retention_days: float,
+              applied: Mapping | None = None, assess: bool = True) -> Review:
+    """The plan, and (`assess`) what it does to runtime data: counted in the store and the directories."""
     base = applied_config.generation(conn)
-    applied = applied_config.applied_resources(conn)
+    applied = applied_config.applied_resources(conn) if applied is None else applied
     deleted = applied_config.deleted_resources(conn)
     result = plan(desired, applied, deleted, prune, base)
+    if not assess:
+        return Review(result, ())
     found = impacts(result, runtime_facts(conn), _routes_after(desired), selection_changes(result, desired, applied))
     return Review(result, found + _expired(deleted, now, retention_days))
 
@@ -118,18 +123,32 @@ def review_against(manifests: Manifests, applied: Mapping, revision: str, store:
 
 
 def reconcile(manifests: Manifests, store: Store, prune: bool = False, lock_timeout: float = 30,
-              retention_days: float = 30, show: Callable[[Review], None] = lambda r: None) -> int | None:
-    """Lock, plan, show, apply, purge expired soft deletes: one transaction."""
+              retention_days: float = 30, show: Callable[[Review], None] = lambda r: None,
+              origin: config_history.Origin = config_history.Origin(), assess: bool = True) -> int | None:
+    """Lock, plan, show, apply, purge expired soft deletes: one transaction (with its history entry).
+    `assess` False: the review shown has no runtime impacts (an engine's reload shows no plan)."""
     desired = desired_state(manifests)
     with store.engine.begin() as conn:
         applied_config.lock(conn, lock_timeout)
-        found = review_in(conn, desired, prune, store.now(), retention_days)
+        applied = applied_config.applied_resources(conn, store.applied)  # only changed rows are decoded
+        found = review_in(conn, desired, prune, store.now(), retention_days, applied, assess)
         show(found)
-        generation = apply(found.plan, conn, store.now(), applied_config.applied_resources(conn))
+        generation = apply(found.plan, conn, store.now(), applied)
         purged = applied_config.purge_deleted(conn, store.now() - retention_days * DAY)
         if purged and generation is None:
             generation = applied_config.write_resources(conn, [], [], store.now())
+        if generation is not None:
+            _record_applied(conn, found.plan, generation, origin, store.now(), purged)
         return generation
+
+
+def _record_applied(conn: Connection, applied: Plan, generation: int, origin: config_history.Origin, now: float,
+                    purged: list[str] = ()) -> None:
+    done = [c for c in applied.changes if c.changes_something]
+    files = sorted({c.source.rsplit(":", 2)[0] for c in done if c.source and c.action is not Action.delete})
+    changes = [f"{c.action.value} {c.kind}/{c.name}" for c in done] + [f"purge MailingList/{n}" for n in purged]
+    config_history.record(conn, config_history.ConfigChange(now, "applied", generation, origin, tuple(files),
+                                                            tuple(changes)))
 
 
 def apply_saved(saved: Plan, store: Store, lock_timeout: float = 30) -> int | None:
@@ -138,7 +157,10 @@ def apply_saved(saved: Plan, store: Store, lock_timeout: float = 30) -> int | No
         if current != saved.base_generation:
             raise StalePlan(f"the store changed since this plan was made (plan: generation "
                             f"{saved.base_generation}, store: generation {current}); make a new plan")
-        return apply(saved, conn, store.now(), applied_config.applied_resources(conn))
+        generation = apply(saved, conn, store.now(), applied_config.applied_resources(conn))
+        if generation is not None:
+            _record_applied(conn, saved, generation, config_history.Origin(trigger="plan"), store.now())
+        return generation
 
 
 __all__ = ["Action", "ApplyError", "Plan", "Review", "StalePlan", "apply", "apply_saved", "check_references",

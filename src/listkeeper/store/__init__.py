@@ -16,6 +16,8 @@ from .database import DEFAULT_URL, StoreError, create_store_engine, migrate, sto
 class Store:
     engine: Engine
     clock: Callable[[], float] = field(default=time.time)
+    # the applied resources reconcile decoded last: the next reconcile fetches only those that changed
+    applied: config.AppliedMemo = field(default_factory=config.AppliedMemo, repr=False, compare=False)
 
     @classmethod
     def open(cls, url: str | None = None, clock: Callable[[], float] = time.time) -> "Store":

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import delete, insert, select, text, update
+from sqlalchemy import String, cast, delete, func, insert, select, text, tuple_, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import OperationalError
 
@@ -67,6 +67,17 @@ def generation(conn: Connection) -> int:
     return int(value) if value is not None else 0
 
 
+def generation_in_force(conn: Connection) -> int:
+    """The generation, held steady until the caller's transaction ends: what it reads next (subscribers
+    synced by reconcile) belongs to it. SQLite: the caller already writes, so no reconcile can commit;
+    PostgreSQL: a share lock on the row reconcile locks for update."""
+    query = select(meta.c.value).where(meta.c.key == "generation")
+    if conn.dialect.name != "sqlite":
+        query = query.with_for_update(read=True)
+    value = conn.execute(query).scalar()
+    return int(value) if value is not None else 0
+
+
 def lock(conn: Connection, timeout: float) -> int:
     """Take the configuration lock for this transaction (waiting at most `timeout` s); returns the generation."""
     dialect = conn.dialect.name
@@ -92,9 +103,71 @@ def _row(row) -> AppliedResource:
                            last_applied, annotations, row["deleted_at"])
 
 
-def applied_resources(conn: Connection) -> dict[tuple[str, str], AppliedResource]:
-    rows = conn.execute(select(resources).where(resources.c.deleted_at.is_(None))).mappings()
-    return {item.key: item for item in map(_row, rows)}
+def applied_resources(conn: Connection, memo: AppliedMemo | None = None) -> dict[tuple[str, str], AppliedResource]:
+    """Every resource in force. With a memo, only the rows that changed since its last read are fetched."""
+    if memo is None:
+        rows = conn.execute(select(resources).where(resources.c.deleted_at.is_(None))).mappings()
+        return {item.key: item for item in map(_row, rows)}
+    prints = fingerprints(conn)
+    known = memo.by_key
+    stale = [key for key, found in prints.items() if key not in known or known[key][0] != found]
+    fresh = {item.key: item for item in map(_row, _rows_of(conn, stale, len(prints)))}
+    kept: dict[tuple[str, str], tuple[tuple[int, str], AppliedResource]] = {}
+    for key, found in prints.items():
+        if key in fresh:
+            kept[key] = ((fresh[key].generation, fresh[key].hash), fresh[key])
+        elif key in known and known[key][0] == found:
+            kept[key] = known[key]
+    memo.by_key = kept
+    return {key: item for key, (_, item) in kept.items()}
+
+
+class AppliedMemo:
+    """The applied resources decoded last, by (generation, hash): a reload among thousands of
+    resources fetches and decodes only those that changed."""
+
+    def __init__(self) -> None:
+        self.by_key: dict[tuple[str, str], tuple[tuple[int, str], AppliedResource]] = {}
+
+
+def fingerprints(conn: Connection) -> dict[tuple[str, str], tuple[int, str]]:
+    """(kind, name) -> (generation, hash) of every resource in force, read as one row: stepping through
+    thousands of rows is what a reload pays most for while SMTP sessions keep the interpreter busy
+    (each row gives the interpreter lock away and waits to get it back)."""
+    line = (resources.c.kind + " " + resources.c.name + " " + cast(resources.c.generation, String) + " "
+            + resources.c.hash)
+    joined = conn.execute(select(func.aggregate_strings(line, "\n"))
+                          .where(resources.c.deleted_at.is_(None))).scalar()
+    out = {}
+    for entry in (joined or "").split("\n"):
+        if entry:
+            kind, name, generation, spec_hash = entry.split(" ")
+            out[(kind, name)] = (int(generation), spec_hash)
+    return out
+
+
+FEW = 500  # up to this many resources are fetched by key; more, and all rows are read
+
+
+def _rows_of(conn: Connection, keys: list[tuple[str, str]], total: int):
+    """The rows in force of these resources (all rows when that is most of them)."""
+    if not keys:
+        return []
+    query = select(resources).where(resources.c.deleted_at.is_(None))
+    if len(keys) <= min(FEW, total // 2):
+        query = query.where(tuple_(resources.c.kind, resources.c.name).in_(keys))
+    return conn.execute(query).mappings()
+
+
+def applied_specs(conn: Connection, keys: list[tuple[str, str]] | None = None) -> list[tuple[str, str, str, str]]:
+    """(kind, name, hash, spec JSON) of the resources in force; of `keys` only (at most FEW), if given."""
+    query = select(resources.c.kind, resources.c.name, resources.c.hash, resources.c.spec) \
+        .where(resources.c.deleted_at.is_(None))
+    if keys is not None:
+        if not keys:
+            return []
+        query = query.where(tuple_(resources.c.kind, resources.c.name).in_(keys))
+    return [tuple(row) for row in conn.execute(query)]
 
 
 def deleted_resources(conn: Connection) -> dict[tuple[str, str], AppliedResource]:

@@ -12,7 +12,7 @@ from sqlalchemy.engine import Connection
 
 from listkeeper.manifests.addresses import verp
 
-from . import events
+from . import config, events
 from .tables import archive_pending, deliveries, digest_pending, holds, messages
 
 INSERT_CHUNK = 2000
@@ -90,13 +90,16 @@ def spool(conn: Connection, records: Iterable[InboundRecord], now: float) -> lis
               recipients=json.dumps(list(r.recipients)), reason=None, generation=r.generation,
               size=len(r.data), data=r.data, created_at=now) for r in records],
     ).scalars().all()
-    insert_posts(conn, [(inbound_id, r.generation, p) for inbound_id, r in zip(inbound_ids, records)
+    # The posts' recipients are read from the store now: they carry the generation in force in this
+    # transaction, which a reload may have moved past the accepting session's snapshot.
+    in_force = config.generation_in_force(conn)
+    insert_posts(conn, [(inbound_id, in_force, p) for inbound_id, r in zip(inbound_ids, records)
                         for p in r.posts], now)
     for inbound_id, record in zip(inbound_ids, records):
         for action in record.then:
             more = action(conn, now)
             if more:
-                insert_posts(conn, [(inbound_id, record.generation, p) for p in more], now)
+                insert_posts(conn, [(inbound_id, in_force, p) for p in more], now)
     return list(inbound_ids)
 
 

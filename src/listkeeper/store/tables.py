@@ -41,7 +41,9 @@ messages = Table(
     Column("mail_from", Text, nullable=False),
     Column("recipients", Text, nullable=False),  # JSON list of envelope recipients
     Column("reason", Text, nullable=True),  # why held / what rule decided
-    Column("generation", Integer, nullable=False),  # configuration in force when accepted
+    # configuration in force when accepted: inbound, the SMTP session's snapshot; a post, the store's
+    # generation its recipients were read at (one later than the session's if a reload came between)
+    Column("generation", Integer, nullable=False),
     Column("size", Integer, nullable=False),
     Column("data", LargeBinary, nullable=False),
     Column("created_at", Float, nullable=False),
@@ -248,4 +250,33 @@ report_runs = Table(
     Column("last_run_at", Float, nullable=False),
     Column("rows", Integer, nullable=False),
     Column("trigger", String(16), nullable=False),  # start (first seen: nothing sent) | schedule | hand
+)
+
+# every change of the configuration: applied (a reconcile, from the CLI or an engine's reload) or
+# rejected (a reload whose manifests did not validate); `listkeeper status` reads the last of each
+config_history = Table(
+    "config_history", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False),
+    Column("outcome", String(16), nullable=False),  # applied | rejected
+    Column("generation", Integer, nullable=False),  # applied: the new one; rejected: the one kept
+    Column("origin", Text, nullable=False),  # the engine node, or 'reconcile' (the CLI)
+    Column("trigger", String(32), nullable=False),  # start | watch | sighup | cli | plan
+    Column("paths", Text, nullable=False),  # JSON: the folders and files read
+    Column("files", Text, nullable=False),  # JSON: the files the changed resources came from
+    Column("changes", Text, nullable=False),  # JSON: ["update MailingList/x", ...]
+    Column("errors", Text, nullable=False),  # JSON: ["path:line:column: field: message", ...]
+)
+Index("ix_config_history_outcome", config_history.c.outcome, config_history.c.id)
+
+# the engines serving from this store: the generation each runs (several nodes see each other here)
+engine_nodes = Table(
+    "engine_nodes", metadata,
+    Column("node", String(253), primary_key=True),  # host:smtp-port unless named
+    Column("generation", Integer, nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("loaded_at", Float, nullable=False),  # when it swapped to `generation`
+    Column("seen_at", Float, nullable=False),  # heartbeat
+    Column("stopped_at", Float, nullable=True),
+    Column("listening", Text, nullable=False),  # smtp://host:port
 )

@@ -1,0 +1,117 @@
+"""`listkeeper status`: what the engines run, read from the store (status is a process of its own):
+the configuration generation and how it was applied, the engine nodes, the last refused reload, the queue."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+
+from sqlalchemy.engine import Connection
+
+from listkeeper.store import config as applied_config
+from listkeeper.store import config_history
+from listkeeper.store import queue as store_queue
+from listkeeper.store.config_history import ConfigChange
+from listkeeper.store.nodes import Node, listing
+
+SILENT_AFTER = 60.0  # seconds without a heartbeat (engines beat every 15 s) before a node is called silent
+SHOWN = 20  # files, changes and errors listed before "... and N more"
+
+
+@dataclass(frozen=True)
+class Status:
+    at: float
+    generation: int  # the store's
+    applied: ConfigChange | None  # how that generation was applied, if recorded
+    rejected: ConfigChange | None  # the last reload refused
+    nodes: tuple[Node, ...]
+    deliveries: Mapping[str, int]  # by state
+    held: int  # posts held for moderation
+
+    def json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+
+def read_status(conn: Connection, now: float) -> Status:
+    generation = applied_config.generation(conn)
+    return Status(now, generation, config_history.applied(conn, generation), config_history.last(conn, "rejected"),
+                  tuple(listing(conn)), store_queue.queue_counts(conn),
+                  sum(store_queue.held_counts(conn).values()))
+
+
+def _utc(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f} s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min ago"
+    return f"{seconds / 3600:.0f} h ago"
+
+
+def _some(items: tuple[str, ...], indent: str) -> list[str]:
+    lines = [f"{indent}{item}" for item in items[:SHOWN]]
+    if len(items) > SHOWN:
+        lines.append(f"{indent}… and {len(items) - SHOWN} more")
+    return lines
+
+
+def _by(change: ConfigChange) -> str:
+    o = change.origin
+    paths = f" from {', '.join(o.paths)}" if o.paths else ""
+    return f"{_utc(change.at)} by {o.origin} ({o.trigger}){paths}"
+
+
+def _node_state(node: Node, now: float, generation: int) -> str:
+    if node.stopped_at is not None:
+        return f"stopped {_ago(now - node.stopped_at)}"
+    if now - node.seen_at > SILENT_AFTER:
+        return f"silent since {_ago(now - node.seen_at)}"
+    return "running" if node.generation == generation else "running, reloading"
+
+
+def render_status(status: Status) -> str:
+    lines = [f"Configuration: generation {status.generation}"]
+    applied = status.applied
+    if applied is not None:
+        lines.append(f"  applied {_by(applied)}")
+        if applied.files:
+            lines.append("  from files:")
+            lines += _some(applied.files, "    ")
+        lines.append("  changes:" if applied.changes else "  changes: none (expired deletions purged)")
+        lines += _some(applied.changes, "    ")
+    elif status.generation:
+        lines.append("  (applied before this store kept a history)")
+    lines.append("")
+    if status.nodes:
+        lines.append("Engines:")
+        lines.append(f"  {'node':<32}{'generation':>10}  {'loaded':<24}{'listening':<28}state")
+        for n in status.nodes:
+            lines.append(f"  {n.node:<32}{n.generation:>10}  {_utc(n.loaded_at):<24}{n.listening:<28}"
+                         f"{_node_state(n, status.at, status.generation)}")
+    else:
+        lines.append("Engines: none has run on this store.")
+    lines.append("")
+    rejected = status.rejected
+    if rejected is None:
+        lines.append("Last rejected reload: none.")
+    else:
+        lines.append(f"Last rejected reload: {_by(rejected)}; kept generation {rejected.generation}; "
+                     f"{len(rejected.errors)} error(s):")
+        lines += _some(rejected.errors, "  ")
+        if applied is not None and applied.at > rejected.at:
+            lines.append(f"  (since then, generation {status.generation} was applied)")
+    lines.append("")
+    lines.append("Queue:")
+    lines.append(f"  {'state':<14}{'deliveries':>10}")
+    for state, count in sorted(status.deliveries.items()):
+        lines.append(f"  {state:<14}{count:>10}")
+    if not status.deliveries:
+        lines.append(f"  {'(empty)':<14}{0:>10}")
+    lines.append(f"  {'held posts':<14}{status.held:>10}")
+    return "\n".join(lines)

@@ -1,0 +1,48 @@
+"""The engine nodes serving from this store and the configuration generation each runs: written by
+every engine, read by `listkeeper status` (and by nodes, to see each other)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.engine import Connection
+
+from .tables import engine_nodes
+
+
+@dataclass(frozen=True)
+class Node:
+    node: str
+    generation: int
+    started_at: float
+    loaded_at: float
+    seen_at: float
+    stopped_at: float | None
+    listening: str
+
+
+def started(conn: Connection, node: str, generation: int, now: float, listening: str) -> None:
+    values = dict(generation=generation, started_at=now, loaded_at=now, seen_at=now, stopped_at=None,
+                  listening=listening)
+    if conn.execute(update(engine_nodes).where(engine_nodes.c.node == node).values(**values)).rowcount == 0:
+        conn.execute(insert(engine_nodes).values(node=node, **values))
+
+
+def loaded(conn: Connection, node: str, generation: int, now: float) -> None:
+    conn.execute(update(engine_nodes).where(engine_nodes.c.node == node)
+                 .values(generation=generation, loaded_at=now, seen_at=now))
+
+
+def seen(conn: Connection, node: str, now: float) -> None:
+    conn.execute(update(engine_nodes).where(engine_nodes.c.node == node).values(seen_at=now))
+
+
+def stopped(conn: Connection, node: str, now: float) -> None:
+    conn.execute(update(engine_nodes).where(engine_nodes.c.node == node).values(stopped_at=now, seen_at=now))
+
+
+def listing(conn: Connection) -> list[Node]:
+    rows = conn.execute(select(engine_nodes).order_by(engine_nodes.c.node))
+    return [Node(r.node, r.generation, r.started_at, r.loaded_at, r.seen_at, r.stopped_at, r.listening)
+            for r in rows]
