@@ -414,6 +414,39 @@ def test_serve_announces_the_configuration_it_applied(tmp_path):
     assert line["event"]["attributes"] == {"generation": 1, "source": "serve"}
 
 
+def test_hot_reloads_announce_what_they_applied_and_refused(tmp_path):
+    log_file = tmp_path / "config.jsonl"
+    folder = tmp_path / "conf"
+    write(folder, "domain.yaml", DOMAIN)
+    write(folder, "routes.yaml", pickup_routes(tmp_path / "outbox"))
+    write(folder, "notifications.yaml", notification("config", "config.applied, config.rejected", f"""
+    - type: log
+      path: {log_file}"""))
+    proc = subprocess.Popen([sys.executable, "-m", "listkeeper", "serve", str(folder), "--port", "0", "--no-http",
+                             "--store", f"sqlite:///{tmp_path / 'lk.db'}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def wait_lines(count: int) -> list:
+        deadline = time.monotonic() + 30
+        while len(lines(log_file)) < count and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        return lines(log_file)
+
+    try:
+        wait_lines(1)
+        write(folder, "lists.yaml", LISTS.replace("type: discussion", "type: chatty", 1))  # invalid
+        rejected = wait_lines(2)[1]["event"]
+        write(folder, "lists.yaml", LISTS)  # valid again
+        applied = wait_lines(3)[2]["event"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+    assert rejected["type"] == "config.rejected" and rejected["attributes"]["errors"] >= 1
+    assert "lists.yaml:6:3: spec.type: Input should be" in rejected["attributes"]["error"]
+    assert applied["type"] == "config.applied"
+    assert applied["attributes"] == {"generation": 2, "source": "reload"}
+
+
 async def test_bounces_and_commands_by_mail_are_announced_after_their_transaction(tmp_path, engine_for):
     from .test_bounce_reports import sample
     from .test_bounces import LIST, VERP_ALICE
