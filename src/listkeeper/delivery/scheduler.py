@@ -226,9 +226,10 @@ class Scheduler:
             bodies, personal = await asyncio.to_thread(self._fetch, gone)
             self._bodies.update(bodies)
             self._personal.update(personal)
+        templated = {mid for mid in {d.message_id for d in due} if getattr(self._personal.get(mid), "batch", False)}
         batches: dict[int, list[tuple[int, str]]] = {}
-        for d in due:
-            if getattr(self._personal.get(d.message_id), "batch", False):
+        for d in due if templated else ():
+            if d.message_id in templated:
                 batches.setdefault(d.message_id, []).append((d.delivery_id, d.recipient))
         if batches:
             self._copies.update(await asyncio.to_thread(
@@ -296,9 +297,14 @@ class Scheduler:
         data = self._copies.get(due.delivery_id)
         if data is None:
             maker = self._personal.get(due.message_id)
-            if getattr(maker, "batch", False):  # never its stored form: a template mail is rendered or fails
-                raise RuntimeError(f"delivery {due.delivery_id} of template message {due.message_id} was not rendered")
-            data = maker.for_recipient(due.recipient) if maker is not None else self._bodies[due.message_id]
+            if maker is None:
+                data = self._bodies[due.message_id]
+            else:
+                for_recipient = getattr(maker, "for_recipient", None)
+                if for_recipient is None:  # never its stored form: a template mail is rendered or fails
+                    raise RuntimeError(f"delivery {due.delivery_id} of template message {due.message_id} "
+                                       f"was not rendered")
+                data = for_recipient(due.recipient)
         if seven_bit:
             try:
                 data = downgrade.seven_bit(data)
