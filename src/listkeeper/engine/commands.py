@@ -157,6 +157,7 @@ class Context:
     now: float
     parsed: Parsed
     out: list[PostRecord] = field(default_factory=list)  # extra mails (confirmation requests)
+    confirmations_to: list[str] = field(default_factory=list)  # whom those requests went to
 
     def roles(self) -> frozenset[str]:
         if self.lst is None:
@@ -190,6 +191,8 @@ def _confirmation(ctx: Context, action: str, address: str, detail: dict) -> str:
             f"To confirm, reply to this message, or send a message to {confirm}. If you did not ask for this, "
             f"do nothing: the request expires in {days} day{'s' if days != 1 else ''}.")
     sent = ctx.auto_mail(address, f"confirm {token}", body, reply_to=confirm)
+    if sent:
+        ctx.confirmations_to.append(address)
     if not sent:
         return f"No confirmation request could be sent to {address} today (too many automatic messages); try tomorrow."
     if address == ctx.sender:
@@ -371,6 +374,11 @@ def action(rcpt: Recipient, message: RawMessage, mail_from: str, senders: frozen
         for line in parsed.ignored:
             results.append(f"> {line}\nNot a command; ignored.")
         lst = ctx.lst
+        only_requests = all(c.verb in ("subscribe", "unsubscribe") for c in parsed.commands)
+        if (parsed.commands and only_requests and not parsed.ignored
+                and len(ctx.confirmations_to) == len(parsed.commands)
+                and set(ctx.confirmations_to) == {mail_from.lower()}):
+            return ctx.out  # the confirmation request is the answer: one mail, not two
         from_address = lst.address_for("request") if lst else f"mailserver@{domain}"
         if not autoresponses.allow(conn, mail_from, at, lst.spec.autoresponse_limit if lst else 10):
             log.info("autoresponse.limited to=%s", mail_from)
