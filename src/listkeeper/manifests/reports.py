@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import string
 from enum import Enum
 from typing import ClassVar, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 from pydantic import ConfigDict, Field, field_validator
 
+from .schedules import ALIASES, subject_template, time_zone
 from .common import Address, Manifest, Strict
 
-ALIASES = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
 SUBJECT_FIELDS = ("report", "type", "since", "until", "rows")
 
 
@@ -54,25 +52,12 @@ class ReportSpec(Strict):
     @field_validator("timezone")
     @classmethod
     def _zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r}; expected an IANA name such as UTC or Europe/Berlin") \
-                from None
-        return value
+        return time_zone(value)
 
     @field_validator("subject")
     @classmethod
     def _placeholders(cls, value: str) -> str:
-        try:
-            names = [name for _, name, _, _ in string.Formatter().parse(value) if name is not None]
-        except ValueError as exc:
-            raise ValueError(f"the subject is not a valid template: {exc}") from None
-        unknown = sorted({n for n in names if n not in SUBJECT_FIELDS})
-        if unknown:
-            raise ValueError(f"unknown placeholder {{{unknown[0]}}}; use "
-                             + ", ".join(f"{{{f}}}" for f in SUBJECT_FIELDS))
-        return value
+        return subject_template(value, SUBJECT_FIELDS)
 
 
 class Report(Manifest):
