@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import textwrap
+import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
 
 from listkeeper.engine.server import ServeOptions, start_engine
 from listkeeper.manifests import load_manifests
@@ -41,6 +44,58 @@ def write(folder: Path, name: str, text: str) -> Path:
     path = folder / name
     path.write_text(textwrap.dedent(text).lstrip(), encoding="utf-8")
     return path
+
+
+PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def postgres_available() -> str | None:
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        return "psycopg is not installed"
+    try:
+        with create_engine(PG_ADMIN).connect() as conn:
+            conn.execute(text("select 1"))
+    except Exception as exc:  # noqa: BLE001 - any failure means: skip, and say why
+        return f"PostgreSQL at 127.0.0.1:5432 is not reachable: {type(exc).__name__}"
+    return None
+
+
+@contextmanager
+def pg_database():
+    """A throwaway database on the PostgreSQL server of this machine (skips when it is unreachable)."""
+    reason = postgres_available()
+    if reason:
+        pytest.skip(f"PostgreSQL store tests skipped: {reason}")
+    name = f"lk_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path: Path):
+    """A fresh store URL: a SQLite file, then a database of its own on the PostgreSQL server."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/store.db"
+        return
+    with pg_database() as url:
+        yield url
+
+
+@pytest.fixture
+def store(db_url: str):
+    """A migrated store on SQLite and on PostgreSQL, its clock at 1000."""
+    opened = Store.open(db_url, clock=lambda: 1000.0)
+    yield opened
+    opened.close()
 
 
 @pytest.fixture

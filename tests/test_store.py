@@ -2,55 +2,19 @@
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
-from listkeeper.store import Store
+from listkeeper.store import Store, store_url
 from listkeeper.store import config as applied_config
 from listkeeper.store import queue
 from listkeeper.store.database import is_current
 from listkeeper.store.tables import metadata
 
-PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-
-
-def postgres_available() -> str | None:
-    try:
-        import psycopg  # noqa: F401
-    except ImportError:
-        return "psycopg is not installed"
-    try:
-        with create_engine(PG_ADMIN).connect() as conn:
-            conn.execute(text("select 1"))
-    except Exception as exc:  # noqa: BLE001 - any failure means: skip, and say why
-        return f"PostgreSQL at 127.0.0.1:5432 is not reachable: {type(exc).__name__}"
-    return None
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request, tmp_path):
-    if request.param == "sqlite":
-        s = Store.open(f"sqlite:///{tmp_path}/store.db", clock=lambda: 1000.0)
-        yield s
-        s.close()
-        return
-    reason = postgres_available()
-    if reason:
-        pytest.skip(f"PostgreSQL store tests skipped: {reason}")
-    name = f"lk_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    s = Store.open(f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}", clock=lambda: 1000.0)
-    yield s
-    s.close()
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    admin.dispose()
+# the fixture (SQLite and PostgreSQL) lives in conftest.py; other modules import it from here
+from .conftest import PG_ADMIN, postgres_available, store  # noqa: F401
 
 
 def test_migrations_match_the_tables(store):
@@ -100,3 +64,74 @@ def test_expired_leases_are_released(store):
         assert queue.release_expired(conn, 1030.0) == 0
         assert queue.release_expired(conn, 1061.0) == 1
         assert len(queue.claim_due(conn, 1061.0, 10, lease=60)) == 1
+
+
+def _spool_five(store) -> None:
+    record = queue.InboundRecord("a@x.org", ("l@x.org",), b"raw", 1, (
+        queue.PostRecord("l", "queued", "member", b"copy", "", tuple(f"r{i}@y.org" for i in range(5))),))
+    with store.engine.begin() as conn:
+        queue.spool(conn, [record], 1000.0)
+
+
+def test_two_nodes_claim_different_deliveries(store):
+    """PostgreSQL: a node's claim skips the rows another node's open claim has locked (SKIP LOCKED), and
+    does not wait for it. SQLite has one writer at a time: the claims follow each other."""
+    _spool_five(store)
+    shared = store.engine.dialect.name == "postgresql"
+    one = store.engine.connect()
+    two = store.engine.connect()
+    try:
+        first = queue.claim_due(one, 1000.0, 3, 60, "mx1")
+        if not shared:
+            one.commit()
+        second = queue.claim_due(two, 1000.0, 10, 60, "mx2")  # on PostgreSQL while mx1's claim is open
+        one.commit()
+        two.commit()
+    finally:
+        one.close()
+        two.close()
+    assert len(first) == 3 and len(second) == 2
+    assert {d.recipient for d in first} | {d.recipient for d in second} == {f"r{i}@y.org" for i in range(5)}
+    with store.engine.connect() as conn:
+        owners = conn.execute(text("select claimed_by, count(*) from deliveries group by claimed_by")).all()
+    assert dict(owners) == {"mx1": 3, "mx2": 2}
+
+
+def test_a_node_releases_only_its_own_and_expired_leases(store):
+    _spool_five(store)
+    with store.engine.begin() as conn:
+        mine = queue.claim_due(conn, 1000.0, 2, 60, "mx1")
+        theirs = queue.claim_due(conn, 1000.0, 2, 60, "mx2")
+        assert queue.release_own(conn, "mx1", 1001.0) == 2  # mx1 started again
+        assert {d.delivery_id for d in queue.claim_due(conn, 1001.0, 10, 60, "mx1")} == \
+            {d.delivery_id for d in mine} | {5}  # its own and the unclaimed one; never mx2's
+        assert queue.renew_leases(conn, "mx2", 1100.0, 1050.0) == 2  # mx2 is alive and renews
+        assert queue.release_expired(conn, 1080.0) == 3  # mx1 stopped renewing; mx2's leases hold
+        assert {d.delivery_id for d in queue.claim_due(conn, 1080.0, 10, 60, "mx2")} == \
+            {d.delivery_id for d in mine} | {5}
+        assert all(d.delivery_id not in {t.delivery_id for t in theirs} for d in mine)
+
+
+def test_an_outcome_counts_only_while_the_node_holds_the_delivery(store):
+    _spool_five(store)
+    with store.engine.begin() as conn:
+        (due,) = queue.claim_due(conn, 1000.0, 1, 60, "mx1")
+        queue.release_expired(conn, 1061.0)  # mx1 stalled past its lease ...
+        (again,) = queue.claim_due(conn, 1061.0, 1, 60, "mx2")  # ... and mx2 took the delivery over
+        assert again.delivery_id == due.delivery_id
+        queue.record_outcomes(conn, [queue.Outcome(due.delivery_id, "deferred", "relay", "451", 2000.0)],
+                              1062.0, owner="mx1")  # mx1's late outcome: not its delivery any more
+        assert queue.delivery(conn, due.delivery_id)["state"] == "sending"
+        queue.record_outcomes(conn, [queue.Outcome(due.delivery_id, "delivered", "pickup")], 1063.0, owner="mx2")
+        row = queue.delivery(conn, due.delivery_id)
+        assert (row["state"], row["attempts"], row["claimed_by"]) == ("delivered", 1, "mx2")
+
+
+@pytest.mark.parametrize("given,used", [
+    ("postgresql://postgres@127.0.0.1/lk", "postgresql+psycopg://postgres@127.0.0.1/lk"),
+    ("postgres://u:p@db/lk", "postgresql+psycopg://u:p@db/lk"),
+    ("postgresql+psycopg://u@db/lk", "postgresql+psycopg://u@db/lk"),
+    ("sqlite:///var/x.db", "sqlite:///var/x.db"),
+])
+def test_a_plain_postgresql_url_means_psycopg_3(given, used):
+    assert store_url(given) == used

@@ -173,9 +173,13 @@ def reconcile(paths, store_url, dry_run, prune, detailed_exitcode, output, revis
                    "unsubscribe links start with (a Domain's web_base_url wins). Default: http://HOST:PORT.")
 @click.option("--no-watch", is_flag=True,
               help="Do not watch PATHS; reload on SIGHUP (and new store generations) only.")
-@click.option("--node", metavar="NAME", help="This engine's name in `listkeeper status` (default HOST:PORT).")
+@click.option("--node", metavar="NAME", help="This engine's name in `listkeeper status` and in the leases it "
+              "holds (default HOST:PORT); unique among the nodes on one store.")
+@click.option("--lease", default=60.0, show_default=True, type=click.FloatRange(min=1.0),
+              help="Seconds a delivery claimed by this node stays its own unless renewed; a stopped node's "
+                   "deliveries pass to the other nodes after this.")
 def serve(paths, store_url, host, port, prune, log_level, use_uvloop, tick_interval, http_host, http_port,
-          no_http, base_url, no_watch, node) -> None:
+          no_http, base_url, no_watch, node, lease) -> None:
     """Reconcile, then accept SMTP, deliver and serve one-click unsubscribe. Changes to PATHS (or
     SIGHUP) are validated and reconciled while running; an invalid change is refused, with its errors."""
     from listkeeper.engine.reload import ReloadOptions, node_name
@@ -211,7 +215,7 @@ def serve(paths, store_url, host, port, prune, log_level, use_uvloop, tick_inter
                    f"on smtp://{host}:{engine.port} (generation {snap.generation}); Ctrl-C stops", err=True)
 
     options = ServeOptions(host=host, port=port, tick_interval=tick_interval, http_host=http_host,
-                           http_port=None if no_http else http_port, base_url=base_url, node=node,
+                           http_port=None if no_http else http_port, base_url=base_url, node=node, lease=lease,
                            reload=ReloadOptions(tuple(paths or DEFAULT_PATHS), watch=not no_watch, prune=prune))
     run = asyncio.run
     if use_uvloop:

@@ -97,12 +97,15 @@ class Pace:
 class Scheduler:
     def __init__(self, store: Store, current, *, inject: Inject | None = None,
                  clock: Callable[[], float] | None = None, lease: float = 300.0,
-                 personalise: Personalise | None = None, templates: Templates | None = None):
+                 personalise: Personalise | None = None, templates: Templates | None = None,
+                 node: str | None = None):
         self._store = store
         self._current = current  # () -> Snapshot
         self._inject = inject
         self._clock = clock or store.now
         self._lease = lease
+        # the engine node this scheduler claims for (deliveries.claimed_by); None: the only node
+        self.node = node
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
@@ -154,9 +157,29 @@ class Scheduler:
             store_queue.release_expired(conn, self._clock())
 
     def _release_all(self) -> None:
-        # a single node owns every lease; what was 'sending' when it stopped is due again
+        """At start: what this node was sending when it stopped is due again, and so is every expired
+        lease. Other live nodes' leases stay theirs. Without a node name, this is the only node."""
         with self._store.engine.begin() as conn:
-            store_queue.release_expired(conn, float("inf"))
+            if self.node is None:
+                store_queue.release_expired(conn, float("inf"))
+                return
+            store_queue.release_own(conn, self.node, self._clock())
+            store_queue.release_expired(conn, self._clock())
+
+    async def keep_leases(self) -> None:
+        """Renew this node's leases every third of a lease: only a node that stopped (or lost the store)
+        loses them, and another node takes its work once they expire."""
+        while self.node is not None:
+            await asyncio.sleep(self._lease / 3)
+            try:
+                await asyncio.to_thread(self._renew)
+            except Exception:  # noqa: BLE001 - a store hiccup; the next renewal comes before the expiry
+                log.warning("renewing the delivery leases of node %s failed", self.node, exc_info=True)
+
+    def _renew(self) -> None:
+        now = self._clock()
+        with self._store.engine.begin() as conn:
+            store_queue.renew_leases(conn, self.node, now + self._lease, now)
 
     async def run_once(self, snapshot) -> int:
         settings = snapshot.delivery
@@ -256,7 +279,7 @@ class Scheduler:
 
     def _claim_in_store(self, limit: int, known: frozenset[int]):
         with self._store.engine.begin() as conn:
-            due = store_queue.claim_due(conn, self._clock(), limit, self._lease)
+            due = store_queue.claim_due(conn, self._clock(), limit, self._lease, self.node)
             return due, self._load(conn, {d.message_id for d in due} - known)
 
     def _load(self, conn, message_ids: set[int]) -> tuple[dict[int, bytes], dict[int, object]]:
@@ -490,7 +513,7 @@ class Scheduler:
 
     def _write(self, outcomes: list[Outcome]) -> None:
         with self._store.engine.begin() as conn:
-            store_queue.record_outcomes(conn, outcomes, self._clock())
+            store_queue.record_outcomes(conn, outcomes, self._clock(), self.node)
 
     def _original(self, message_id: int, items: list[tuple[Due, Result]]) -> bytes:
         """What a report quotes: the recipient's own copy when it was made one; for a template mail

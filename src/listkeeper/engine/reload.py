@@ -107,6 +107,8 @@ class ConfigFollower:
                               self._listening)
         self._tasks.append(asyncio.create_task(self._work(), name="config-reload"))
         self._tasks.append(asyncio.create_task(self._follow_store(), name="config-generation"))
+        if self.store.engine.dialect.name == "postgresql":
+            self._tasks.append(asyncio.create_task(self._listen_store(), name="config-notices"))
         if self.options.paths and self.options.watch:
             self._tasks.append(asyncio.create_task(self._watch(), name="config-watch"))
             # a first round right away: it fills the file cache (the first change then costs what a change
@@ -237,6 +239,23 @@ class ConfigFollower:
                     await self._in_thread(self._write, nodes.seen, self.store.now())
             except Exception:  # noqa: BLE001 - a store hiccup; the next poll tries again
                 log.warning("cannot read the configuration generation from the store", exc_info=True)
+
+    async def _listen_store(self) -> None:
+        """PostgreSQL: a generation committed anywhere is announced (LISTEN/NOTIFY) and loaded at once;
+        polling stays as the fallback for notices missed while the listening connection was down."""
+        said = False
+        while True:
+            try:
+                async for generation in applied_config.generation_notices(self.store.engine):
+                    said = False
+                    if generation not in (self._current().generation, self._unloadable):
+                        self._wake.set()
+            except Exception as exc:  # noqa: BLE001 - the store went away: polling carries on meanwhile
+                if not said:
+                    log.warning("listening for configuration notices failed (%s); polling every %g s and "
+                                "listening again shortly", exc, self.options.poll_interval)
+                    said = True
+            await asyncio.sleep(5.0)
 
     async def _watch(self) -> None:
         folders = [Path(p).resolve() for p in self.options.paths if Path(p).is_dir()]

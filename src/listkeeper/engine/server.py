@@ -21,6 +21,7 @@ from listkeeper.store.signing import signing_key
 from .events import TemplateCopies
 from .events import tick as run_tick
 from .housekeeping import run_round
+from .leadership import Leadership
 from .fanout import Refused, fan_out
 from .membership import look_up_in
 from .oneclick import Links
@@ -46,6 +47,8 @@ class ServeOptions:
     base_url: str | None = None  # where recipients reach the listener; default: its own address
     reload: ReloadOptions = ReloadOptions()  # what to watch; the store's generation is followed always
     node: str | None = None  # this engine's name in the store (listkeeper status); default host:port
+    lease: float = 60.0  # seconds a claimed delivery stays this node's without renewal (a dead node's work
+    # passes to the other nodes after this)
 
 
 @dataclass
@@ -63,6 +66,7 @@ class Engine:
     links: Links | None = None
     notifications: Dispatcher | None = None
     follower: ConfigFollower | None = None
+    leadership: Leadership | None = None  # whether this node runs the periodic work (one node at a time)
     # called with each reload refused for invalid manifests (the `config.rejected` event's hook)
     on_config_rejected: Callable[[Rejection], None] | None = None
 
@@ -74,7 +78,7 @@ class Engine:
         await self._start_links()
         self.notifications = Dispatcher(self.current, self.inject, self.store.now)
         self.notifications.start()
-        self.scheduler = Scheduler(self.store, self.current, inject=self.inject,
+        self.scheduler = Scheduler(self.store, self.current, inject=self.inject, lease=self.options.lease,
                                    personalise=self.links.personal_copy, templates=TemplateCopies.load)
         self.spool = Spool(self.store, on_commit=self.scheduler.wake)
         handler = ListHandler(self.current, self.spool, self.store.now, self.store)
@@ -91,6 +95,10 @@ class Engine:
             await self.notifications.close()
             raise
         await self._start_follower()
+        self.scheduler.node = self.follower.node  # the leases it claims name this node
+        self.leadership = Leadership(self.store, self.follower.node)
+        self.tasks.append(asyncio.create_task(self.leadership.keep(), name="leadership"))
+        self.tasks.append(asyncio.create_task(self.scheduler.keep_leases(), name="delivery-leases"))
         self.tasks.append(asyncio.create_task(self.scheduler.run(), name="delivery-scheduler"))
         self.tasks.append(asyncio.create_task(self._ticks(), name="event-ticks"))
         self.tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
@@ -134,6 +142,8 @@ class Engine:
     async def _housekeeping(self) -> None:
         while True:
             await asyncio.sleep(self.options.housekeeping_interval)
+            if not self.leadership.leading:  # another node runs it
+                continue
             done = await asyncio.to_thread(run_round, self.store, self.snapshot, self.store.now())
             if done.queued:
                 self.scheduler.wake()
@@ -142,6 +152,8 @@ class Engine:
         """List events fire within one tick of their dependencies being met."""
         while True:
             await asyncio.sleep(self.options.tick_interval)
+            if not self.leadership.leading:  # another node runs it
+                continue
             try:
                 fired = await asyncio.to_thread(run_tick, self.store, self.snapshot, self.store.now())
             except Exception:  # a failed tick is tried again at the next one
@@ -191,6 +203,8 @@ class Engine:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.leadership is not None:  # another node leads at its next check, not after a timeout
+            await asyncio.to_thread(self.leadership.close)
         if self.notifications is not None:  # before the spool: an email action queues through it
             await self.notifications.close()
         if self.spool is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,10 @@ from .tables import (
 # a list's runtime data besides its messages: renamed with the list, purged with it
 LIST_TABLES = (subscribers, event_counters, event_fires, digest_pending, digests, archive_pending, archives, holds,
                confirmations, bounces, subscription_changes)
+
+
+# PostgreSQL: each applied generation is announced here (NOTIFY), so every node reloads at once
+CONFIG_CHANNEL = "listkeeper_config"
 
 
 class LockTimeout(Exception):
@@ -196,7 +201,21 @@ def write_resources(conn: Connection, upserts: list[ResourceWrite], deletes: lis
     if conn.execute(update(meta).where(meta.c.key == "generation")
                     .values(value=str(new_generation))).rowcount == 0:
         conn.execute(insert(meta).values(key="generation", value=str(new_generation)))
+    if conn.dialect.name == "postgresql":  # sent when this transaction commits, to every listening node
+        conn.execute(text("SELECT pg_notify(:channel, :generation)"),
+                     {"channel": CONFIG_CHANNEL, "generation": str(new_generation)})
     return new_generation
+
+
+async def generation_notices(engine) -> AsyncIterator[int]:
+    """PostgreSQL: each generation committed from now on, as its reconcile commits (LISTEN/NOTIFY)."""
+    import psycopg
+
+    conninfo = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+        await conn.execute(f"LISTEN {CONFIG_CHANNEL}")
+        async for notice in conn.notifies():
+            yield int(notice.payload)
 
 
 def _upsert(conn: Connection, item: ResourceWrite, new_generation: int, now: float) -> None:

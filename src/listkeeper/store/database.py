@@ -22,7 +22,13 @@ class StoreError(Exception):
 
 
 def store_url(url: str | None) -> str:
-    return url or os.environ.get("LISTKEEPER_STORE") or DEFAULT_URL
+    """The URL given (or LISTKEEPER_STORE, or the default); a plain postgresql:// (or postgres://) URL
+    means psycopg 3, the driver listkeeper installs, not SQLAlchemy's default psycopg2."""
+    url = url or os.environ.get("LISTKEEPER_STORE") or DEFAULT_URL
+    for plain in ("postgresql://", "postgres://"):
+        if url.startswith(plain):
+            return "postgresql+psycopg://" + url[len(plain):]
+    return url
 
 
 def create_store_engine(url: str) -> Engine:

@@ -174,24 +174,45 @@ def insert_posts(conn: Connection, posts: list[tuple[int | None, int, PostRecord
 
 
 def release_expired(conn: Connection, now: float) -> int:
-    """Deliveries whose lease ran out (a crashed runner) become due again."""
+    """Deliveries whose lease ran out (a crashed node) become due again. Who claimed them stays
+    recorded, so the outcome of a node that was only slow still counts until another node claims them."""
     return conn.execute(update(deliveries).where(
         deliveries.c.state == "sending", deliveries.c.lease_until < now,
     ).values(state="deferred", lease_until=None, updated_at=now)).rowcount
 
 
-def claim_due(conn: Connection, now: float, limit: int, lease: float) -> list[Due]:
+def release_own(conn: Connection, owner: str, now: float) -> int:
+    """A node starting again: what it was sending when it stopped is due again. Other nodes' leases
+    are theirs until they expire."""
+    return conn.execute(update(deliveries).where(
+        deliveries.c.state == "sending", deliveries.c.claimed_by == owner,
+    ).values(state="deferred", lease_until=None, updated_at=now)).rowcount
+
+
+def renew_leases(conn: Connection, owner: str, until: float, now: float) -> int:
+    """A live node keeps what it claimed: its leases are pushed on, so a short lease is only ever lost
+    by a node that stopped renewing (it died, or lost the store)."""
+    return conn.execute(update(deliveries).where(
+        deliveries.c.state == "sending", deliveries.c.claimed_by == owner, deliveries.c.lease_until >= now,
+    ).values(lease_until=until)).rowcount
+
+
+def claim_due(conn: Connection, now: float, limit: int, lease: float, owner: str | None = None) -> list[Due]:
+    """Due deliveries, leased to `owner` until now + lease. On PostgreSQL the rows are locked with
+    SKIP LOCKED: nodes claiming at once each get different rows and never wait for each other.
+    (SQLite serialises writers; the clause is left out there.)"""
     rows = conn.execute(
         select(deliveries.c.id, deliveries.c.message_id, deliveries.c.recipient,
                deliveries.c.return_path, deliveries.c.attempts, deliveries.c.created_at)
         .where(deliveries.c.state.in_(("queued", "deferred")), deliveries.c.next_attempt_at <= now)
         .order_by(deliveries.c.next_attempt_at, deliveries.c.id)
         .limit(limit)
+        .with_for_update(skip_locked=True)
     ).all()
     if not rows:
         return []
     conn.execute(update(deliveries).where(deliveries.c.id.in_([r.id for r in rows]))
-                 .values(state="sending", lease_until=now + lease, updated_at=now))
+                 .values(state="sending", lease_until=now + lease, claimed_by=owner, updated_at=now))
     return [Due(r.id, r.message_id, r.recipient, r.return_path, r.attempts, r.created_at) for r in rows]
 
 
@@ -215,6 +236,9 @@ _RECORD = (
             lease_until=None, updated_at=bindparam("b_now"), attempts=deliveries.c.attempts + 1,
             next_attempt_at=func.coalesce(bindparam("b_next", type_=Float), deliveries.c.next_attempt_at))
 )
+# a node's outcome counts only while the delivery is still its own: after its lease expired another
+# node may have claimed it, and that node's outcome is the one kept
+_RECORD_OWNED = _RECORD.where(deliveries.c.claimed_by == bindparam("b_owner"))
 
 
 def message_heads(conn: Connection, message_ids: Iterable[int]) -> dict[int, tuple[str, str]]:
@@ -231,10 +255,13 @@ def list_names(conn: Connection, message_ids: Iterable[int]) -> dict[int, str]:
     return {row.id: row.list_name or "" for row in rows}
 
 
-def record_outcomes(conn: Connection, outcomes: Iterable[Outcome], now: float) -> None:
+def record_outcomes(conn: Connection, outcomes: Iterable[Outcome], now: float, owner: str | None = None) -> None:
+    """Outcomes in one statement; with `owner`, only of deliveries that node still holds."""
     params = [dict(b_id=o.delivery_id, b_state=o.state, b_transport=o.transport, b_error=o.error, b_now=now,
                    b_next=o.next_attempt_at) for o in outcomes]
-    if params:
+    if params and owner is not None:
+        conn.execute(_RECORD_OWNED, [dict(p, b_owner=owner) for p in params])
+    elif params:
         conn.execute(_RECORD, params)
 
 

@@ -62,6 +62,7 @@ deliveries = Table(
     Column("attempts", Integer, nullable=False, default=0),
     Column("next_attempt_at", Float, nullable=False),
     Column("lease_until", Float, nullable=True),
+    Column("claimed_by", String(253), nullable=True),  # the engine node holding the lease (serve --node)
     Column("transport", String(64), nullable=True),
     Column("last_error", Text, nullable=True),
     Column("created_at", Float, nullable=False),
