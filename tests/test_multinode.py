@@ -1,0 +1,99 @@
+"""Several engine nodes on one PostgreSQL store, in process: one leader for the periodic work, and
+configuration notices (LISTEN/NOTIFY) that reach every node without waiting for a poll."""
+
+from __future__ import annotations
+
+import asyncio
+
+from sqlalchemy import text
+
+from listkeeper.engine.leadership import Leadership
+from listkeeper.engine.reload import ReloadOptions
+from listkeeper.engine.server import ServeOptions, start_engine
+from listkeeper.manifests import load_manifests
+from listkeeper.reconcile import reconcile
+from listkeeper.store import Store
+from listkeeper.store import config as applied_config
+
+from .conftest import DOMAIN, pg_database, pickup_routes, wait_for, write
+from .test_reload import OTHER, members
+
+
+def test_one_leader_at_a_time_and_another_when_it_is_gone():
+    with pg_database() as url:
+        store = Store.open(url)
+        one, two = Leadership(store, "mx1"), Leadership(store, "mx2")
+        try:
+            assert (one.check(), two.check()) == (True, False)
+            assert (one.check(), two.check()) == (True, False)  # the leader keeps the lead
+            with store.engine.connect() as conn:  # mx1's session dies (its process was killed)
+                conn.execute(text("select pg_terminate_backend(pid) from pg_locks "
+                                  "where locktype = 'advisory' and granted"))
+            assert one.check() is False  # it notices at its next check ...
+            assert two.check() is True  # ... and mx2 takes over at its next try
+            assert one.check() is False
+            two.close()  # a clean stop hands the lead on without a wait
+            assert one.check() is True
+        finally:
+            one.close()
+            two.close()
+            store.close()
+
+
+def test_sqlite_has_one_node_which_always_leads(tmp_path):
+    store = Store.open(f"sqlite:///{tmp_path}/lk.db")
+    try:
+        assert Leadership(store, "mx1").check() and Leadership(store, "mx2").check()
+    finally:
+        store.close()
+
+
+async def test_each_applied_generation_is_announced():
+    with pg_database() as url:
+        store = Store.open(url)
+        try:
+            heard: list[int] = []
+
+            async def listen():
+                async for generation in applied_config.generation_notices(store.engine):
+                    heard.append(generation)
+
+            listening = asyncio.create_task(listen())
+            await asyncio.sleep(0.5)  # LISTEN is in place
+            for _ in range(2):
+                with store.engine.begin() as conn:
+                    applied_config.write_resources(conn, [], [], 1.0)
+            with store.engine.connect() as conn:  # a rolled-back reconcile announces nothing
+                applied_config.write_resources(conn, [], [], 1.0)
+                conn.rollback()
+            await wait_for(lambda: len(heard) >= 2, timeout=5)
+            await asyncio.sleep(0.3)
+            assert heard == [1, 2]
+            listening.cancel()
+            await asyncio.gather(listening, return_exceptions=True)
+        finally:
+            store.close()
+
+
+async def test_a_reconcile_from_ci_reaches_a_node_at_once_without_polling(tmp_path):
+    """The node polls only once a minute here: what brings the change in a second is the notice."""
+    conf = tmp_path / "conf"
+    write(conf, "domain.yaml", DOMAIN)
+    write(conf, "members.yaml", members(["alice@example.org"]))
+    write(conf, "routes.yaml", pickup_routes(tmp_path / "outbox"))
+    with pg_database() as url:
+        store = Store.open(url)
+        reconcile(load_manifests([conf]), store)
+        engine = await start_engine(store, ServeOptions(port=0, http_port=None,
+                                                        reload=ReloadOptions(poll_interval=60.0)))
+        try:
+            await asyncio.sleep(0.5)  # the node is listening
+            write(conf, "other.yaml", OTHER)
+            ci = Store.open(url)
+            reconcile(load_manifests([conf]), ci)  # CI's `listkeeper reconcile`, another process's store
+            ci.close()
+            await wait_for(lambda: "other@example.org" in engine.snapshot.lists, timeout=3)
+            assert engine.snapshot.generation == 2
+        finally:
+            await asyncio.wait_for(engine.stop(), timeout=20)
+            store.close()
