@@ -1,7 +1,7 @@
 import importlib
 import sys
 
-BENCHES = ("accept", "deliver", "events", "import", "members", "plan", "reload")
+BENCHES = ("accept", "deliver", "events", "import", "members", "multinode", "plan", "reload")
 
 if len(sys.argv) < 2 or sys.argv[1] not in BENCHES:
     sys.exit(f"usage: python -m bench {{{'|'.join(BENCHES)}}} [options]")

@@ -111,6 +111,9 @@ def _joined(conn: Connection, list_name: str, address: str, source: str, now: fl
     events.record_fires(conn, list_name, "join", [address], now)
 
 
+JOIN_CHUNK = 5000
+
+
 def sync_manifest(conn: Connection, list_name: str, entries: Iterable[Mapping], now: float) -> list[str]:
     """Make the manifest's subscribers (dicts of address, name, roles) the list's 'manifest' rows.
 
@@ -119,18 +122,15 @@ def sync_manifest(conn: Connection, list_name: str, entries: Iterable[Mapping], 
     wanted = {e["address"].lower(): e for e in entries}
     have = {m.address: m for m in members(conn, list_name)}
     joined: list[str] = []
+    fresh: list[dict] = []  # new members are written together: a few statements, not five per member
     for address, entry in wanted.items():
         roles = frozenset(str(getattr(r, "value", r)) for r in (entry.get("roles") or ["regular"]))
         receives = receives_of(roles)
         name = entry.get("name")
         row = have.get(address)
         if row is None:
-            conn.execute(insert(subscribers).values(
-                list_name=list_name, address=address, source="manifest", joined_at=now, name=name,
-                roles=encode_roles(roles), receives=receives, state="active", updated_at=now))
-            if receives:
-                _joined(conn, list_name, address, "manifest", now)
-                joined.append(address)
+            fresh.append(dict(list_name=list_name, address=address, source="manifest", joined_at=now, name=name,
+                              roles=encode_roles(roles), receives=receives, state="active", updated_at=now))
             continue
         if row.roles == roles and row.name == name and row.source == "manifest":
             continue
@@ -143,6 +143,16 @@ def sync_manifest(conn: Connection, list_name: str, entries: Iterable[Mapping], 
         if receives and not row.receives and row.state == "active":
             _joined(conn, list_name, address, "manifest", now)
             joined.append(address)
+    if fresh:
+        conn.execute(insert(subscribers), fresh)
+        receiving = [row["address"] for row in fresh if row["receives"]]
+        if receiving:
+            conn.execute(insert(subscription_changes), [dict(list_name=list_name, address=a, action="join",
+                                                             source="manifest", detail=None, at=now)
+                                                        for a in receiving])
+            for start in range(0, len(receiving), JOIN_CHUNK):  # bounded IN lists (PostgreSQL's 65,535)
+                events.record_fires(conn, list_name, "join", receiving[start:start + JOIN_CHUNK], now)
+            joined.extend(receiving)
     gone = [m for a, m in have.items() if m.source == "manifest" and a not in wanted]
     if gone:
         conn.execute(delete(subscribers).where(subscribers.c.list_name == list_name,
