@@ -114,16 +114,22 @@ def run(admin: str, count: int, domains: int, nodes: int) -> dict:
                 sys.exit(f"{nodes} node(s) delivered {delivered} of {count}")
             with __import__("psycopg").connect(database.url) as conn:
                 shares = dict(conn.execute("select claimed_by, count(*) from deliveries group by 1").fetchall())
+            stop(procs)  # before the folder goes
             files = len(list((root / "outbox").glob("*.eml")))
             if files != count:
                 sys.exit(f"{nodes} node(s) wrote {files} files for {count} deliveries")
             return {"elapsed": elapsed, "accepted": accepted, "shares": shares}
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(timeout=60)
+        stop(procs)
         database.drop()
+
+
+def stop(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        proc.wait(timeout=60)
 
 
 def main() -> None:

@@ -78,10 +78,10 @@ def test_folded_headers_survive():
 
 
 @pytest.fixture
-def store(tmp_path):
-    """A real store holding the list's manifest subscribers, as apply leaves it."""
+def store(db_url):
+    """A real store (SQLite, then PostgreSQL) holding the list's manifest subscribers, as apply leaves it."""
     from listkeeper.store import Store, subscribers
-    opened = Store.open(f"sqlite:///{tmp_path}/lk.db")
+    opened = Store.open(db_url)
     with opened.engine.begin() as conn:
         subscribers.sync_manifest(conn, "members", [s.model_dump() for s in MEMBERS.spec.subscribers], 0.0)
     yield opened

@@ -4,6 +4,7 @@ configuration notices (LISTEN/NOTIFY) that reach every node without waiting for 
 from __future__ import annotations
 
 import asyncio
+import threading
 
 from sqlalchemy import text
 
@@ -97,3 +98,24 @@ async def test_a_reconcile_from_ci_reaches_a_node_at_once_without_polling(tmp_pa
         finally:
             await asyncio.wait_for(engine.stop(), timeout=20)
             store.close()
+
+
+def test_nodes_starting_together_migrate_an_empty_database_once():
+    with pg_database() as url:
+        opened: list[Store] = []
+        failures: list[BaseException] = []
+
+        def open_store():
+            try:
+                opened.append(Store.open(url))
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                failures.append(exc)
+
+        threads = [threading.Thread(target=open_store) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        for store in opened:
+            store.close()
+        assert failures == [] and len(opened) == 3

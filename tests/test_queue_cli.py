@@ -1,11 +1,11 @@
-"""Operator commands on the delivery queue and the suppression list, against a real SQLite store."""
+"""Operator commands on the delivery queue and the suppression list, against a real SQLite store and a
+PostgreSQL one."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -15,8 +15,9 @@ CLI = [sys.executable, "-m", "listkeeper"]
 
 
 @pytest.fixture
-def store_file(tmp_path: Path) -> str:
-    url = f"sqlite:///{tmp_path}/lk.db"
+def store_file(db_url: str) -> str:
+    """A store (SQLite, then PostgreSQL) with three deliveries: delivered, failed, deferred."""
+    url = db_url.replace("postgresql+psycopg://", "postgresql://")  # as operators write it
     store = Store.open(url)
     with store.engine.begin() as conn:
         (post,) = queue.spool(conn, [queue.InboundRecord("a@example.org", ("members@example.org",), b"raw", 1, (

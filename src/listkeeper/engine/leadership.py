@@ -35,6 +35,7 @@ class Leadership:
             # a connection of its own, never returned to a pool: the lock lives exactly as long as it;
             # libpq gives up on an unanswered server after tcp_user_timeout, so a check never hangs
             self._engine = create_engine(store.engine.url, poolclass=NullPool, connect_args=dict(
+                application_name=f"listkeeper leadership {node}"[:63],  # who leads, in pg_stat_activity
                 connect_timeout=max(2, seconds * 2), keepalives=1, keepalives_idle=seconds,
                 keepalives_interval=seconds, keepalives_count=3, tcp_user_timeout=seconds * 4000))
 

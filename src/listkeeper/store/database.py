@@ -9,12 +9,13 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import ArgumentError, OperationalError
 
 DEFAULT_URL = "sqlite:///var/listkeeper.db"
 MIGRATIONS = Path(__file__).with_name("migrations")
+MIGRATION_LOCK = 0x6C6B_6D67  # 'lkmg': a PostgreSQL advisory lock held while the schema is upgraded
 
 
 class StoreError(Exception):
@@ -64,6 +65,8 @@ def migrate(engine: Engine) -> None:
     """Upgrade the schema to the newest revision; data is kept."""
     try:
         with engine.begin() as connection:
+            if engine.dialect.name == "postgresql":  # nodes starting together: one migrates, the others wait
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
             command.upgrade(alembic_config(connection), "head")
     except OperationalError as exc:
         raise StoreError(f"cannot open store {engine.url.render_as_string(hide_password=True)}: {exc.orig}") from None
