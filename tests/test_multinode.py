@@ -119,3 +119,13 @@ def test_nodes_starting_together_migrate_an_empty_database_once():
         for store in opened:
             store.close()
         assert failures == [] and len(opened) == 3
+
+
+def test_status_names_the_leader():
+    from listkeeper.engine.status import Status, render_status
+    from listkeeper.store.nodes import Node
+    nodes = (Node("mx1:25", 3, 0.0, 0.0, 100.0, None, "smtp://0.0.0.0:25"),
+             Node("mx2:25", 3, 0.0, 0.0, 100.0, None, "smtp://0.0.0.0:25"))
+    lines = render_status(Status(100.0, 3, None, None, nodes, {}, 0, leader="mx2:25")).splitlines()
+    assert lines[lines.index("Engines:") + 4] == "  leader (list events, digests, reports): mx2:25"
+    assert not any("leader" in line for line in render_status(Status(100.0, 3, None, None, nodes, {}, 0)).splitlines())

@@ -16,10 +16,11 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
 from listkeeper.store import Store
+from listkeeper.store.nodes import LEADER_APPLICATION, LEADER_LOCK
 
 log = logging.getLogger("listkeeper.leader")
 
-LOCK_KEY = 0x6C6B_6C64  # 'lkld': one lock per database, so one leader per store
+LOCK_KEY = LEADER_LOCK  # one lock per database, so one leader per store
 
 
 class Leadership:
@@ -35,7 +36,7 @@ class Leadership:
             # a connection of its own, never returned to a pool: the lock lives exactly as long as it;
             # libpq gives up on an unanswered server after tcp_user_timeout, so a check never hangs
             self._engine = create_engine(store.engine.url, poolclass=NullPool, connect_args=dict(
-                application_name=f"listkeeper leadership {node}"[:63],  # who leads, in pg_stat_activity
+                application_name=f"{LEADER_APPLICATION}{node}"[:63],  # who leads, in pg_stat_activity
                 connect_timeout=max(2, seconds * 2), keepalives=1, keepalives_idle=seconds,
                 keepalives_interval=seconds, keepalives_count=3, tcp_user_timeout=seconds * 4000))
 

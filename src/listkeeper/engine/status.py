@@ -14,7 +14,7 @@ from listkeeper.store import config as applied_config
 from listkeeper.store import config_history
 from listkeeper.store import queue as store_queue
 from listkeeper.store.config_history import ConfigChange
-from listkeeper.store.nodes import Node, listing
+from listkeeper.store.nodes import Node, leader, listing
 
 SILENT_AFTER = 60.0  # seconds without a heartbeat (engines beat every 15 s) before a node is called silent
 SHOWN = 20  # files, changes and errors listed before "... and N more"
@@ -29,6 +29,7 @@ class Status:
     nodes: tuple[Node, ...]
     deliveries: Mapping[str, int]  # by state
     held: int  # posts held for moderation
+    leader: str | None = None  # PostgreSQL: the node running the periodic work now
 
     def json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -38,7 +39,7 @@ def read_status(conn: Connection, now: float) -> Status:
     generation = applied_config.generation(conn)
     return Status(now, generation, config_history.applied(conn, generation), config_history.last(conn, "rejected"),
                   tuple(listing(conn)), store_queue.queue_counts(conn),
-                  sum(store_queue.held_counts(conn).values()))
+                  sum(store_queue.held_counts(conn).values()), leader(conn))
 
 
 def _utc(ts: float) -> str:
@@ -94,6 +95,8 @@ def render_status(status: Status) -> str:
         for n in status.nodes:
             lines.append(f"  {n.node:<32}{n.generation:>10}  {_utc(n.loaded_at):<24}{n.listening:<28}"
                          f"{_node_state(n, status.at, status.generation)}")
+        if status.leader:
+            lines.append(f"  leader (list events, digests, reports): {status.leader}")
     else:
         lines.append("Engines: none has run on this store.")
     lines.append("")

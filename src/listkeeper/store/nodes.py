@@ -5,10 +5,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, select, text, update
 from sqlalchemy.engine import Connection
 
 from .tables import engine_nodes
+
+
+# PostgreSQL: the advisory lock whose holder runs the periodic work (engine/leadership.py), and the
+# application_name its connection carries
+LEADER_LOCK = 0x6C6B_6C64  # 'lkld'
+LEADER_APPLICATION = "listkeeper leadership "
 
 
 @dataclass(frozen=True)
@@ -46,3 +52,15 @@ def listing(conn: Connection) -> list[Node]:
     rows = conn.execute(select(engine_nodes).order_by(engine_nodes.c.node))
     return [Node(r.node, r.generation, r.started_at, r.loaded_at, r.seen_at, r.stopped_at, r.listening)
             for r in rows]
+
+
+def leader(conn: Connection) -> str | None:
+    """PostgreSQL: the node holding the leadership lock now; None when none does (or on SQLite, where
+    the one node always leads)."""
+    if conn.dialect.name != "postgresql":
+        return None
+    name = conn.execute(text(
+        "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+        "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = 0 AND l.objid = :key AND l.objsubid = 1"),
+        {"key": LEADER_LOCK}).scalar()
+    return name.removeprefix(LEADER_APPLICATION) if name else None
