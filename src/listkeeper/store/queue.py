@@ -7,7 +7,7 @@ from itertools import islice
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import Float, Text, bindparam, delete, func, insert, literal, select, update
+from sqlalchemy import Float, Text, bindparam, delete, func, insert, literal, select, text, update
 from sqlalchemy.engine import Connection
 
 from listkeeper.manifests.addresses import verp
@@ -255,8 +255,26 @@ def list_names(conn: Connection, message_ids: Iterable[int]) -> dict[int, str]:
     return {row.id: row.list_name or "" for row in rows}
 
 
+# PostgreSQL: a batch of outcomes as one statement over arrays, not one UPDATE per delivery
+_RECORD_ARRAYS = text(f"""
+UPDATE {deliveries.name} AS d SET state = o.state, transport = o.transport, last_error = o.error, lease_until = NULL,
+    updated_at = :now, attempts = d.attempts + 1, next_attempt_at = coalesce(o.next, d.next_attempt_at)
+FROM unnest(CAST(:ids AS integer[]), CAST(:states AS text[]), CAST(:transports AS text[]), CAST(:errors AS text[]),
+            CAST(:nexts AS double precision[]), CAST(:owners AS text[])) AS o(id, state, transport, error, next, owner)
+WHERE d.id = o.id AND d.claimed_by = o.owner""")
+# (the owner is a column of the batch, not a constant: the planner then reads the batch's rows by key,
+# whatever its statistics say about claimed_by)
+
+
 def record_outcomes(conn: Connection, outcomes: Iterable[Outcome], now: float, owner: str | None = None) -> None:
     """Outcomes in one statement; with `owner`, only of deliveries that node still holds."""
+    outcomes = list(outcomes)
+    if outcomes and owner is not None and conn.dialect.name == "postgresql":
+        conn.execute(_RECORD_ARRAYS, dict(
+            now=now, ids=[o.delivery_id for o in outcomes], states=[o.state for o in outcomes],
+            transports=[o.transport for o in outcomes], errors=[o.error for o in outcomes],
+            nexts=[o.next_attempt_at for o in outcomes], owners=[owner] * len(outcomes)))
+        return
     params = [dict(b_id=o.delivery_id, b_state=o.state, b_transport=o.transport, b_error=o.error, b_now=now,
                    b_next=o.next_attempt_at) for o in outcomes]
     if params and owner is not None:
