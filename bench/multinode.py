@@ -137,18 +137,25 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="the issue's size: 100,000 recipients")
     parser.add_argument("--recipients", type=int, default=20_000)
     parser.add_argument("--domains", type=int, default=1_000)
+    parser.add_argument("--runs", type=int, default=1,
+                        help="runs of each (one node, two nodes, alternately); the fastest of each counts, as "
+                             "other work on a shared machine only ever slows a run down")
     parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/test",
                         help="a database on the server to connect to while creating the bench's own")
     args = parser.parse_args()
     if args.full:
         args.recipients = 100_000
-    one = run(args.pg, args.recipients, args.domains, 1)
-    two = run(args.pg, args.recipients, args.domains, 2)
+    ones, twos = [], []
+    for _ in range(max(1, args.runs)):
+        ones.append(run(args.pg, args.recipients, args.domains, 1))
+        twos.append(run(args.pg, args.recipients, args.domains, 2))
+    one = min(ones, key=lambda r: r["elapsed"])
+    two = min(twos, key=lambda r: r["elapsed"])
     rate_one, rate_two = args.recipients / one["elapsed"], args.recipients / two["elapsed"]
     after_one = args.recipients / (one["elapsed"] - one["accepted"])
     after_two = args.recipients / (two["elapsed"] - two["accepted"])
     print(f"{args.recipients} recipients over {args.domains} domains, pickup folder, PostgreSQL store, "
-          f"{os.cpu_count()} CPU(s)")
+          f"{os.cpu_count()} CPU(s), fastest of {len(ones)} run(s) each")
     print(f"{'nodes':<8}{'msgs/s':>10}{'after 250':>12}{'250 after s':>13}{'total s':>10}   deliveries per node")
     for label, r, rate, after in (("1", one, rate_one, after_one), ("2", two, rate_two, after_two)):
         shares = ", ".join(f"{k}: {v}" for k, v in sorted(r["shares"].items(), key=lambda kv: str(kv[0])))
@@ -157,7 +164,7 @@ def main() -> None:
     print(json.dumps({"bench": "multinode", "one_node_msgs_per_s": round(rate_one),
                       "two_nodes_msgs_per_s": round(rate_two), "ratio": round(rate_two / rate_one, 2),
                       "ratio_after_accept": round(after_two / after_one, 2), "recipients": args.recipients,
-                      "domains": args.domains, "cpus": os.cpu_count()}))
+                      "domains": args.domains, "cpus": os.cpu_count(), "runs": len(ones)}))
 
 
 if __name__ == "__main__":
