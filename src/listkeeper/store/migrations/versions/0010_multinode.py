@@ -16,12 +16,13 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("deliveries") as batch:
         batch.add_column(sa.Column("claimed_by", sa.String(253), nullable=True))
-    claimable = sa.text("state IN ('queued', 'deferred')")  # a claim's rows, in the order it takes them
-    op.create_index("ix_deliveries_claimable", "deliveries", ["next_attempt_at", "id"],
-                    postgresql_where=claimable, sqlite_where=claimable)
+    if op.get_bind().dialect.name == "postgresql":  # a claim's rows, in the order it takes them
+        op.create_index("ix_deliveries_claimable", "deliveries", ["next_attempt_at", "id"],
+                        postgresql_where=sa.text("state IN ('queued', 'deferred')"))
 
 
 def downgrade() -> None:
-    op.drop_index("ix_deliveries_claimable", "deliveries")
+    if op.get_bind().dialect.name == "postgresql":
+        op.drop_index("ix_deliveries_claimable", "deliveries")
     with op.batch_alter_table("deliveries") as batch:
         batch.drop_column("claimed_by")
