@@ -27,6 +27,8 @@ from dkim.canonicalization import CanonicalizationPolicy
 
 from listkeeper.manifests.signing_keys import KeyProblem, load_dkim_key
 
+from . import arc
+
 log = logging.getLogger("listkeeper.delivery")
 
 CANONICALIZATION = b"relaxed/simple"
@@ -44,6 +46,7 @@ class DomainKey:
     selector: str
     headers: tuple[bytes, ...]  # lower-case field names to sign
     key: rsa.RSAPrivateKey
+    arc: bool = False  # ARC-seal the list posts it signs (delivery/arc.py)
 
     def signature(self, fields: list, body: bytes, eol: bytes, now: float) -> bytes:
         """The DKIM-Signature field (with its line end) for a message as it is sent."""
@@ -127,16 +130,19 @@ class Signing:
     def __init__(self) -> None:
         self._generation: int | None = None
         self._keys: dict[str, DomainKey | None] = {}
+        self._ours: frozenset[str] = frozenset()  # our authserv-ids: the domains' host names
 
     def keys(self, snapshot) -> dict[str, DomainKey | None]:
         if snapshot.generation != self._generation:
             self._keys = {name: _load(name, spec.dkim) for name, spec in snapshot.domains.items()
                           if spec.dkim is not None}
+            self._ours = frozenset(spec.hostname.lower() for spec in snapshot.domains.values())
             self._generation = snapshot.generation
         return self._keys
 
     def sign(self, data: bytes, return_path: str, snapshot, now: float) -> bytes:
-        """`data` with a DKIM-Signature on top, or unchanged when no served domain of it has a key."""
+        """`data` with a DKIM-Signature on top (and below it an ARC set, for a post of a domain that seals),
+        or unchanged when no served domain of it has a key."""
         keys = self.keys(snapshot)
         if not keys:
             return data
@@ -145,10 +151,20 @@ class Signing:
             fields = header_fields(head)
             domain = signing_domain(fields, return_path, keys)
             key = keys.get(domain) if domain else None
-            return data if key is None else key.signature(fields, body, eol, now) + data
+            if key is None:
+                return data
+            return key.signature(fields, body, eol, now) + (self._seal(fields, body, eol, key, now) if key.arc
+                                                             else b"") + data
         except Exception:  # noqa: BLE001 - e.g. a header line dkimpy cannot read: sent unsigned, never lost
             log.exception("dkim: could not sign a message from %s; it goes out unsigned", return_path or "<>")
             return data
+
+    def _seal(self, fields: list, body: bytes, eol: bytes, key: DomainKey, now: float) -> bytes:
+        try:
+            return arc.seal(fields, body, eol, key, self._ours, now)
+        except Exception:  # noqa: BLE001 - the copy still leaves, DKIM-signed
+            log.exception("arc: could not seal a copy for %s; it goes out without an ARC set", key.domain)
+            return b""
 
 
 def _load(domain: str, dkim) -> DomainKey | None:
@@ -157,4 +173,4 @@ def _load(domain: str, dkim) -> DomainKey | None:
     except KeyProblem as exc:  # validated on reconcile, so the file changed since: mail goes out unsigned
         log.error("dkim: %s; mail of %s goes out unsigned until the configuration changes", exc, domain)
         return None
-    return DomainKey(domain, dkim.selector, tuple(name.encode("ascii") for name in dkim.headers), key)
+    return DomainKey(domain, dkim.selector, tuple(name.encode("ascii") for name in dkim.headers), key, dkim.arc)
