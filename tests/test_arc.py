@@ -184,7 +184,7 @@ async def test_a_changed_post_is_sealed_with_the_results_it_had_on_arrival(tmp_p
     original = signed_post(keys[0], subject="Sealed")
     await send(engine.port, "alice@strict.test", "talk@example.org", FORGED.encode() + original)
     delivered = await wait_for(lambda: len(copies(tmp_path, "Sealed")) == 3 and copies(tmp_path, "Sealed"))
-    links = set()
+    links, seals = set(), set()
     for data in delivered:
         mail = message_from_bytes(data)
         assert mail["Subject"] == "[talk] Sealed" and mail["From"] == '"Alice via talk" <talk@example.org>'
@@ -207,7 +207,11 @@ async def test_a_changed_post_is_sealed_with_the_results_it_had_on_arrival(tmp_p
         assert not any("bank.test" in v for v in results_fields)  # the forgery is gone
         assert "mx.strict.test; spf=pass smtp.mailfrom=strict.test" in results_fields  # another's stays
         links.add(mail["List-Unsubscribe"])
-    assert len(links) == 3  # each copy personal, each sealed as sent
+        seals.add(mail["ARC-Seal"])
+        signed = re.search(r"h=([^;]*);", re.sub(r"\s+", "", mail["ARC-Message-Signature"])).group(1).split(":")
+        assert "subject" in signed and "from" in signed and "list-unsubscribe" not in signed
+    assert len(links) == 3  # each copy has its own unsubscribe link, which the list's DKIM signature covers ...
+    assert len(seals) == 1  # ... and all share one ARC set: two RSA signatures per post, not per copy
     assert zone.count("sel._domainkey.strict.test", "TXT") >= 1  # the poster's key, asked by the engine
 
 

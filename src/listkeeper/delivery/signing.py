@@ -131,12 +131,14 @@ class Signing:
         self._generation: int | None = None
         self._keys: dict[str, DomainKey | None] = {}
         self._ours: frozenset[str] = frozenset()  # our authserv-ids: the domains' host names
+        self._sealer = arc.Sealer()
 
     def keys(self, snapshot) -> dict[str, DomainKey | None]:
         if snapshot.generation != self._generation:
             self._keys = {name: _load(name, spec.dkim) for name, spec in snapshot.domains.items()
                           if spec.dkim is not None}
             self._ours = frozenset(spec.hostname.lower() for spec in snapshot.domains.values())
+            self._sealer = arc.Sealer()  # sets made with the previous keys are not reused
             self._generation = snapshot.generation
         return self._keys
 
@@ -161,7 +163,7 @@ class Signing:
 
     def _seal(self, fields: list, body: bytes, eol: bytes, key: DomainKey, now: float) -> bytes:
         try:
-            return arc.seal(fields, body, eol, key, self._ours, now)
+            return self._sealer.seal(fields, body, eol, key, self._ours, now)
         except Exception:  # noqa: BLE001 - the copy still leaves, DKIM-signed
             log.exception("arc: could not seal a copy for %s; it goes out without an ARC set", key.domain)
             return b""
