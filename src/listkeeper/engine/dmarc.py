@@ -112,8 +112,7 @@ class PolicyLookup:
     async def policy(self, domain: str, snapshot: Snapshot) -> str | None:
         found = await self.record(domain, snapshot)
         if isinstance(found, Failure):
-            log.warning("dmarc: the record of %s could not be looked up (%s); the post goes out as it came",
-                        domain, found.reason)
+            log.warning("dmarc: %s; the post goes out as it came", found.reason)
             return None
         return None if found is None else policy_of(found[1], for_subdomain=found[0] != domain)
 
