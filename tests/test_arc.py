@@ -70,6 +70,7 @@ def test_dmarc_rests_on_an_aligned_signature_that_verified():
     assert dmarc_result("strict.test", (foreign, good), record) == "pass"
     assert dmarc_result("strict.test", (foreign,), record) == "fail"
     assert dmarc_result("strict.test", (DkimCheck("fail", "strict.test", "sel"),), record) == "fail"
+    assert dmarc_result("strict.test", (DkimCheck("temperror", "strict.test", "sel"), foreign), record) == "temperror"
     assert dmarc_result("strict.test", (), None) == "none"
 
 
@@ -261,3 +262,20 @@ async def test_without_arc_copies_carry_no_arc_set_and_no_results_of_ours(tmp_pa
         assert field_values(data, "Authentication-Results") == ["mx.strict.test; spf=pass smtp.mailfrom=strict.test"]
         assert dkim.verify(data, dnsfunc=dnsfunc_for(keys[3]))  # still DKIM-signed by the list
     assert keys[3].count("sel._domainkey.strict.test") == 0  # nothing looked up that nobody reads
+
+
+async def test_a_key_the_name_server_cannot_give_is_a_temporary_error_and_the_post_goes_on(tmp_path, keys,
+                                                                                          engine_for):
+    engine = await engine_for(configure(tmp_path, keys))
+    keys[3].fail = {"sel._domainkey.strict.test": "servfail"}
+    try:
+        errors, reply = await send(engine.port, "alice@strict.test", "talk@example.org",
+                                   signed_post(keys[0], subject="No key"))
+    finally:
+        keys[3].fail = {}
+    assert errors == {} and reply.startswith("2.0.0 Queued")
+    delivered = await wait_for(lambda: len(copies(tmp_path, "No key")) == 3 and copies(tmp_path, "No key"))
+    for data in delivered:
+        cv, results, reason = dkim.arc_verify(data, dnsfunc=dnsfunc_for(keys[3]))
+        aar = re.sub(r"\s+", " ", results[0]["aar-value"].decode())
+        assert cv == dkim.CV_Pass and "dkim=temperror header.d=strict.test" in aar and "dmarc=temperror" in aar, aar

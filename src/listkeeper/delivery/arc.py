@@ -101,7 +101,7 @@ def seal(fields: list, body: bytes, eol: bytes, key, ours: frozenset[str], now: 
     i = b"i=%d;" % instance
     stamp = [b"a=rsa-sha256;", b"d=" + key.domain.encode() + b";", b"s=" + key.selector.encode() + b";",
              b"t=%d;" % int(now)]
-    aar = signing._fold([b"ARC-Authentication-Results:", i] + results.split(b" "), eol)
+    aar = signing.fold_tokens([b"ARC-Authentication-Results:", i] + results.split(b" "), eol)
 
     present: dict[bytes, int] = {}
     for name, _ in fields:
@@ -109,7 +109,7 @@ def seal(fields: list, body: bytes, eol: bytes, key, ours: frozenset[str], now: 
     include = [name for name in key.headers if name not in PER_COPY for _ in range(present.get(name, 0) + 1)]
     body_hash = base64.b64encode(hashlib.sha256(POLICY.canonicalize_body(signing.crlf(body))).digest())
     ams_tags = [i, stamp[0], b"c=" + CANONICALIZATION + b";", *stamp[1:]]
-    ams_tags += signing._list_tag(include) + [b"bh=" + body_hash + b";", b"b="]
+    ams_tags += signing.list_tag(include) + [b"bh=" + body_hash + b";", b"b="]
     ams = _signed(b"ARC-Message-Signature", ams_tags, POLICY.canonicalize_headers(fields), include, key, eol)
 
     new = signing.header_fields(aar + ams)
@@ -129,7 +129,7 @@ def _signed(name: bytes, tags: list[bytes], canonical: list, include: list[bytes
     value = base64.b64encode(key.key.sign(hasher.digest(), padding.PKCS1v15(), utils.Prehashed(hashes.SHA256())))
     pieces = [value[j:j + signing.WIDTH - 2] for j in range(0, len(value), signing.WIDTH - 2)]
     tags = tags[:-1] + [tags[-1] + pieces[0]]
-    return signing._fold([name + b":"] + tags + pieces[1:], eol)
+    return signing.fold_tokens([name + b":"] + tags + pieces[1:], eol)
 
 
 class Sealer:

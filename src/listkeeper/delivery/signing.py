@@ -58,7 +58,7 @@ class DomainKey:
         body_hash = base64.b64encode(hashlib.sha256(POLICY.canonicalize_body(crlf(body))).digest())
         tags = [b"v=1;", b"a=rsa-sha256;", b"c=" + CANONICALIZATION + b";", b"d=" + self.domain.encode() + b";",
                 b"s=" + self.selector.encode() + b";", b"t=%d;" % int(now)]
-        tags += _list_tag(include) + [b"bh=" + body_hash + b";", b"b="]
+        tags += list_tag(include) + [b"bh=" + body_hash + b";", b"b="]
         hasher = hashlib.sha256()
         hash_headers(hasher, POLICY, POLICY.canonicalize_headers(fields), include,
                      (b"DKIM-Signature", b" " + b" ".join(tags)), None)
@@ -66,10 +66,10 @@ class DomainKey:
         value = base64.b64encode(signed)
         pieces = [value[i:i + WIDTH - 2] for i in range(0, len(value), WIDTH - 2)]
         tags[-1] += pieces[0]
-        return _fold([b"DKIM-Signature:"] + tags + pieces[1:], eol)
+        return fold_tokens([b"DKIM-Signature:"] + tags + pieces[1:], eol)
 
 
-def _list_tag(names: list[bytes]) -> list[bytes]:
+def list_tag(names: list[bytes]) -> list[bytes]:
     """h=from:from:to: ... as foldable tokens (FWS may follow each colon)."""
     tokens = [name + b":" for name in names]
     tokens[0] = b"h=" + tokens[0]
@@ -77,7 +77,7 @@ def _list_tag(names: list[bytes]) -> list[bytes]:
     return tokens
 
 
-def _fold(tokens: list[bytes], eol: bytes) -> bytes:
+def fold_tokens(tokens: list[bytes], eol: bytes) -> bytes:
     lines, line = [], tokens[0]
     for token in tokens[1:]:
         if len(line) + 1 + len(token) > WIDTH:

@@ -83,14 +83,16 @@ def aligned(signer: str, from_domain: str, organisation: str, strict: bool) -> b
 
 def dmarc_result(from_domain: str, checks: tuple[DkimCheck, ...],
                  record: tuple[str, dict[str, str]] | None) -> str:
-    """pass when an aligned signature verified; else fail under a record, none without one."""
+    """pass when an aligned signature verified; else, under a record, temperror when an aligned key could
+    not be looked up, fail otherwise; none without a record."""
     if record is None:
         return "none"
     organisation, tags = record
     strict = tags.get("adkim") == "s"
-    if any(c.result == "pass" and aligned(c.domain, from_domain, organisation, strict) for c in checks):
+    results = {c.result for c in checks if aligned(c.domain, from_domain, organisation, strict)}
+    if "pass" in results:
         return "pass"
-    return "fail"
+    return "temperror" if "temperror" in results else "fail"  # a key that may yet verify is no failure
 
 
 # --- the field -----------------------------------------------------------------------------------------
