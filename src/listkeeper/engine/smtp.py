@@ -11,6 +11,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from listkeeper import notify
 from listkeeper.store import refusals
 
+from .authentication import Authenticator
 from .barring import barred_sender, barred_size
 from .dmarc import PolicyLookup
 from .fanout import Refused, fan_out, senders_of
@@ -30,6 +31,7 @@ class ListHandler:
         self._spool = spool
         self._clock = clock
         self._dmarc = PolicyLookup()
+        self._authentication = Authenticator(self._dmarc)  # the same resolver and cache
 
     def _snapshot(self, session: Session) -> Snapshot:
         """A session keeps the configuration it started with, even across a reload."""
@@ -94,9 +96,10 @@ class ListHandler:
                                       barred.reason, barred.reply)
         membership = await asyncio.to_thread(look_up_in, self._store, data, envelope.mail_from or "", recipients,
                                              snapshot, self._clock())
-        poster = await self._dmarc.poster_policy(data, recipients, snapshot)  # DNS, without blocking the loop
+        auth = await self._authentication.for_posts(data, recipients, snapshot)  # DNS, without blocking the loop
+        poster = await self._dmarc.poster_policy(data, recipients, snapshot)
         outcome = fan_out(data, envelope.mail_from or "", recipients, snapshot, self._clock(), membership,
-                          dmarc=poster)
+                          dmarc=poster, auth=auth)
         if isinstance(outcome, Refused):
             return await self._refuse(session, envelope.mail_from or "", envelope.rcpt_tos, outcome.rule,
                                       outcome.reason, outcome.reply)
