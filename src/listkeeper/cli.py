@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -174,8 +175,16 @@ def reconcile(paths, store_url, dry_run, prune, detailed_exitcode, output, revis
 @click.option("--no-watch", is_flag=True,
               help="Do not watch PATHS; reload on SIGHUP (and new store generations) only.")
 @click.option("--node", metavar="NAME", help="This engine's name in `listkeeper status` (default HOST:PORT).")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False),
+              help="PEM certificate chain: the SMTP listener offers STARTTLS.")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False),
+              help="The certificate's PEM private key (default: in --tls-cert).")
+@click.option("--plaintext-auth", default="loopback", show_default=True,
+              type=click.Choice(["never", "loopback", "always"]),
+              help="SMTP AUTH (SmtpAccounts) without TLS: never, for clients on this host, or always. "
+                   "After STARTTLS it is always offered.")
 def serve(paths, store_url, host, port, prune, log_level, use_uvloop, tick_interval, http_host, http_port,
-          no_http, base_url, no_watch, node) -> None:
+          no_http, base_url, no_watch, node, tls_cert, tls_key, plaintext_auth) -> None:
     """Reconcile, then accept SMTP, deliver and serve one-click unsubscribe. Changes to PATHS (or
     SIGHUP) are validated and reconciled while running; an invalid change is refused, with its errors."""
     from listkeeper.engine.reload import ReloadOptions, node_name
@@ -212,6 +221,7 @@ def serve(paths, store_url, host, port, prune, log_level, use_uvloop, tick_inter
 
     options = ServeOptions(host=host, port=port, tick_interval=tick_interval, http_host=http_host,
                            http_port=None if no_http else http_port, base_url=base_url, node=node,
+                           tls_cert=tls_cert, tls_key=tls_key, plaintext_auth=plaintext_auth,
                            reload=ReloadOptions(tuple(paths or DEFAULT_PATHS), watch=not no_watch, prune=prune))
     run = asyncio.run
     if use_uvloop:
@@ -224,10 +234,26 @@ def serve(paths, store_url, host, port, prune, log_level, use_uvloop, tick_inter
         run(serve_forever(store, options, ready))
     except WebListenError as exc:
         raise click.ClickException(exc.strerror) from None
+    except ssl.SSLError as exc:
+        raise click.ClickException(f"cannot use the TLS certificate {tls_cert}: {exc.reason or exc}") from None
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     finally:
         store.close()
+
+
+@main.command("hash-password")
+def hash_password() -> None:
+    """Read a password (prompted, or one line on stdin) and print its argon2id hash, for an
+    SmtpAccount's password secret."""
+    from listkeeper.manifests.passwords import hash_password as argon2id
+    if sys.stdin.isatty():
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        raise click.ClickException("an empty password cannot be hashed")
+    click.echo(argon2id(password))
 
 
 def _origin(who: str, trigger: str, paths: tuple[str, ...]):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from .membership import look_up_in
 from .oneclick import Links
 from .recipients import Recipient, accept_recipient
 from .reload import ConfigFollower, Rejection, ReloadOptions, node_name
-from .smtp import ListHandler
+from .submission import SubmissionHandler
 from .snapshot import Snapshot, load_snapshot
 from .spool import Spool
 from .web import WebListener, start_web
@@ -46,6 +47,9 @@ class ServeOptions:
     base_url: str | None = None  # where recipients reach the listener; default: its own address
     reload: ReloadOptions = ReloadOptions()  # what to watch; the store's generation is followed always
     node: str | None = None  # this engine's name in the store (listkeeper status); default host:port
+    tls_cert: str | None = None  # PEM certificate chain: the listener offers STARTTLS
+    tls_key: str | None = None  # its private key (PEM); default: in tls_cert
+    plaintext_auth: str = "loopback"  # SMTP AUTH without TLS: never | loopback (clients on this host) | always
 
 
 @dataclass
@@ -71,17 +75,20 @@ class Engine:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        tls = listener_tls(self.options)  # first: a certificate that cannot be read leaves nothing running
         await self._start_links()
         self.notifications = Dispatcher(self.current, self.inject, self.store.now)
         self.notifications.start()
         self.scheduler = Scheduler(self.store, self.current, inject=self.inject,
                                    personalise=self.links.personal_copy, templates=TemplateCopies.load)
         self.spool = Spool(self.store, on_commit=self.scheduler.wake)
-        handler = ListHandler(self.current, self.spool, self.store.now, self.store)
+        handler = SubmissionHandler(self.current, self.spool, self.store.now, self.store,
+                                    plaintext_auth=self.options.plaintext_auth)
 
         def protocol() -> SMTP:  # the hostname is given, so aiosmtpd never calls getfqdn per connection
             return SMTP(handler, hostname=self.snapshot.hostname(), ident="listkeeper", decode_data=False,
-                        enable_SMTPUTF8=True, data_size_limit=self.options.data_size_limit)
+                        enable_SMTPUTF8=True, data_size_limit=self.options.data_size_limit,
+                        tls_context=tls, auth_require_tls=False)  # the handler decides when AUTH is offered
 
         try:
             self.server = await loop.create_server(protocol, host=self.options.host, port=self.options.port)
@@ -195,6 +202,15 @@ class Engine:
             await self.notifications.close()
         if self.spool is not None:
             await asyncio.to_thread(self.spool.close)
+
+
+def listener_tls(options: ServeOptions) -> ssl.SSLContext | None:
+    """STARTTLS on the listener, from the certificate files; clients are not asked for certificates."""
+    if options.tls_cert is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(options.tls_cert, options.tls_key)
+    return context
 
 
 async def start_engine(store: Store, options: ServeOptions) -> Engine:

@@ -1,0 +1,305 @@
+"""SMTP AUTH on the listener: SmtpAccount manifests, a real engine on loopback, a real smtplib client.
+
+Failed logins reach a Notification's log action and a web hook on a real loopback HTTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import smtplib
+import ssl
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trustme
+
+from listkeeper.engine.submission import NEEDS_TLS, NOT_OFFERED, auth_refusal, is_loopback
+from listkeeper.manifests.passwords import PasswordProblem, check, hash_password, parse
+
+from .conftest import DOMAIN, pickup_routes, wait_for, write
+from .test_serve import LISTS, message
+from .webhooks import Hooks
+
+CLI = [sys.executable, "-m", "listkeeper"]
+PASSWORD = "correct horse battery staple"
+
+
+def account(name: str, username: str, secret: str, addresses: str = '["alice@example.org"]') -> str:
+    return f"""
+apiVersion: listkeeper/v1
+kind: SmtpAccount
+metadata: {{name: {name}}}
+spec:
+  username: {username}
+  password: {secret}
+  addresses: {addresses}
+"""
+
+
+def on_login_failed(log_file: Path, hook_url: str) -> str:
+    return f"""
+apiVersion: listkeeper/v1
+kind: Notification
+metadata: {{name: logins}}
+spec:
+  on: [auth.login_failed]
+  actions:
+    - type: log
+      path: {log_file}
+    - type: webhook
+      url: {hook_url}/auth
+"""
+
+
+def make_conf(tmp_path: Path, *extra: str) -> Path:
+    folder = tmp_path / "conf"
+    write(folder, "domain.yaml", DOMAIN)
+    write(folder, "lists.yaml", LISTS)
+    write(folder, "routes.yaml", pickup_routes(tmp_path / "outbox"))
+    if extra:
+        write(folder, "accounts.yaml", "---\n".join(extra))
+    return folder
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def client(port: int) -> smtplib.SMTP:
+    smtp = smtplib.SMTP("127.0.0.1", port, timeout=10)
+    smtp.ehlo("client.test")
+    return smtp
+
+
+def auth(smtp: smtplib.SMTP, mechanism: str, user: str, password: str) -> tuple[int, bytes]:
+    """One AUTH exchange (smtplib's login() would try each mechanism in turn)."""
+    smtp.user, smtp.password = user, password
+    method = {"PLAIN": smtp.auth_plain, "LOGIN": smtp.auth_login}[mechanism]
+    try:
+        return smtp.auth(mechanism, method)
+    except smtplib.SMTPAuthenticationError as exc:
+        return exc.smtp_code, exc.smtp_error
+
+
+@pytest.fixture
+async def hook():
+    started = await Hooks().start()
+    yield started
+    await started.close()
+
+
+# -- pure parts -------------------------------------------------------------------------------------
+
+# published examples: the argon2 reference implementation's README, passlib's scrypt documentation
+ARGON2_REFERENCE = "$argon2id$v=19$m=65536,t=2,p=4$c29tZXNhbHQ$GpZ3sK/oH9p7VIiV56G/64Zo/8GaUw434IimaPqxwCo"
+PASSLIB_SCRYPT = "$scrypt$ln=16,r=8,p=1$aM15713r3Xsvxbi31lqr1Q$nFNh2CVHVjNldFVKDHDlm4CbdRSCdEBsjjJxD+iCs5E"
+
+
+@pytest.mark.parametrize("stored", [ARGON2_REFERENCE, "{ARGON2ID}" + ARGON2_REFERENCE, PASSLIB_SCRYPT, "password"])
+def test_stored_passwords_check_the_password_and_nothing_else(stored):
+    parsed = parse(stored)
+    assert check(parsed, b"password")
+    assert not check(parsed, b"Password") and not check(parsed, b"") and not check(parsed, b"password ")
+
+
+def test_hash_password_writes_argon2id_that_checks():
+    stored = hash_password(PASSWORD)
+    assert stored.startswith("$argon2id$v=19$m=19456,t=2,p=1$") and PASSWORD not in stored
+    assert check(parse(stored), PASSWORD.encode()) and not check(parse(stored), b"wrong")
+    assert hash_password(PASSWORD) != stored  # a fresh salt each time
+
+
+@pytest.mark.parametrize("stored, problem", [
+    ("$6$rounds=5000$salt$abc", "unsupported password hash scheme '6'"),
+    ("{SHA512-CRYPT}$6$salt$abc", "unsupported password hash scheme 'SHA512-CRYPT'"),
+    ("$argon2id$v=19$m=65536,t=2$c29tZXNhbHQ$GpZ3", "the argon2id hash is not in the expected format"),
+    ("$argon2id$v=19$m=1,t=2,p=4$c29tZXNhbHQ$GpZ3sK/o", "parameters out of range"),
+    ("$scrypt$ln=40,r=8,p=1$aM15713r3Xsvxbi31lqr1Q$nFNh", "parameters out of range"),
+])
+def test_hashes_that_cannot_be_used_are_refused_not_taken_for_passwords(stored, problem):
+    with pytest.raises(PasswordProblem, match=problem.replace("$", r"\$")):
+        parse(stored)
+
+
+@pytest.mark.parametrize("accounts, tls, peer, mode, expected", [
+    (False, True, "127.0.0.1", "always", NOT_OFFERED),
+    (True, True, "192.0.2.7", "never", None),
+    (True, False, "192.0.2.7", "loopback", NEEDS_TLS),
+    (True, False, "127.0.0.1", "loopback", None),
+    (True, False, "::1", "loopback", None),
+    (True, False, "::ffff:127.0.0.1", "loopback", None),
+    (True, False, "127.0.0.1", "never", NEEDS_TLS),
+    (True, False, "192.0.2.7", "always", None),
+])
+def test_when_auth_is_offered(accounts, tls, peer, mode, expected):
+    assert auth_refusal(accounts, tls, peer, mode) == expected
+
+
+def test_loopback_addresses():
+    assert is_loopback("127.0.0.9") and is_loopback("::1") and not is_loopback("10.0.0.1")
+    assert not is_loopback("") and not is_loopback("not-an-ip")
+
+
+# -- validation and the plan ------------------------------------------------------------------------
+
+def validate(folder: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(CLI + ["validate", str(folder)], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
+
+
+def test_validate_names_the_place_of_an_unset_secret_and_of_bad_fields(tmp_path):
+    write(tmp_path / "conf", "accounts.yaml", account("alice", "alice@example.org", "{env: LK_TEST_UNSET_PW}")
+          + "---" + account("bob", "ALICE@example.org", "{env: LK_TEST_PW}", '["bob"]'))
+    result = validate(tmp_path / "conf", {"LK_TEST_PW": "s3cret-value"})
+    assert result.returncode == 1
+    errors = result.stderr.splitlines()
+    assert any(e.endswith("accounts.yaml:6:3: spec.password: cannot read the password from environment "
+                          "variable LK_TEST_UNSET_PW: it is not set") for e in errors), errors
+    assert any("accounts.yaml:15:15: spec.addresses[0]:" in e and "'bob' is not an address pattern" in e
+               for e in errors), errors
+    assert "s3cret-value" not in result.stderr + result.stdout
+
+
+def test_validate_refuses_a_shared_username_and_an_unusable_hash(tmp_path):
+    secret = tmp_path / "pw"
+    secret.write_text("$6$salt$not-a-supported-hash\n")
+    write(tmp_path / "conf", "accounts.yaml", account("alice", "alice@example.org", "{env: LK_TEST_PW}")
+          + "---" + account("alice2", "Alice@Example.org", f"{{file: {secret}}}"))
+    result = validate(tmp_path / "conf", {"LK_TEST_PW": "s3cret-value"})
+    assert result.returncode == 1
+    assert ("accounts.yaml:13:3: spec.username: alice@example.org is already the username of SmtpAccount "
+            "'alice' at") in result.stderr
+    assert f"accounts.yaml:14:3: spec.password: file {secret}: unsupported password hash scheme '6'" \
+        in result.stderr
+    assert "not-a-supported-hash" not in result.stderr
+
+
+def test_the_plan_shows_the_account_with_its_password_sensitive(tmp_path):
+    conf = make_conf(tmp_path, account("alice", "alice@example.org", "{env: LK_TEST_PW}"))
+    env = {**os.environ, "LK_TEST_PW": "s3cret-value", "LISTKEEPER_STORE": f"sqlite:///{tmp_path}/lk.db"}
+    result = subprocess.run(CLI + ["reconcile", "--dry-run", str(conf)], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "+ SmtpAccount/alice will be created" in out
+    assert '+ spec.username = "alice@example.org"' in out
+    assert "+ spec.password = {env: LK_TEST_PW} (sensitive)" in out
+    assert "s3cret-value" not in out + result.stderr
+
+
+# -- the engine -------------------------------------------------------------------------------------
+
+async def test_plain_and_login_succeed_and_the_account_may_send_only_as_its_addresses(tmp_path, engine_for,
+                                                                                     monkeypatch):
+    monkeypatch.setenv("LK_TEST_PW", PASSWORD)
+    engine = await engine_for(make_conf(tmp_path, account("alice", "alice@example.org", "{env: LK_TEST_PW}")))
+
+    def session(mechanism: str) -> list:
+        with client(engine.port) as smtp:
+            seen = [smtp.has_extn("auth") and smtp.esmtp_features["auth"].split(),
+                    auth(smtp, mechanism, "Alice@Example.org", PASSWORD), smtp.mail("bob@example.net")]
+            smtp.rset()
+            seen.append(smtp.sendmail("alice@example.org", ["members@example.org"],
+                                      message("alice@example.org", "members@example.org", f"By {mechanism}")))
+            return seen
+
+    for mechanism in ("PLAIN", "LOGIN"):
+        features, login, refused, sent = await asyncio.to_thread(session, mechanism)
+        assert sorted(features) == ["LOGIN", "PLAIN"]
+        assert login == (235, b"2.7.0 Authentication successful")
+        assert refused == (553, b"5.7.1 <bob@example.net>: Sender address not owned by user alice@example.org")
+        assert sent == {}
+    await wait_for(lambda: len(list((tmp_path / "outbox").glob("*.eml"))) >= 8)
+
+
+async def test_failed_logins_answer_535_emit_the_event_and_the_third_closes(tmp_path, engine_for, hook,
+                                                                            monkeypatch, caplog):
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.setenv("LK_TEST_PW", PASSWORD)
+    log_file = tmp_path / "var" / "auth.jsonl"
+    engine = await engine_for(make_conf(tmp_path, account("alice", "alice@example.org", "{env: LK_TEST_PW}"),
+                                        on_login_failed(log_file, hook.url)))
+
+    def attempts() -> list:
+        with client(engine.port) as smtp:
+            replies = [auth(smtp, "PLAIN", "alice@example.org", "guess-one"),
+                       auth(smtp, "LOGIN", "nobody@example.org", "guess-two"),
+                       auth(smtp, "PLAIN", "alice@example.org", PASSWORD + "!")]
+            with pytest.raises(smtplib.SMTPServerDisconnected):
+                smtp.noop()
+            return replies
+
+    first, second, third = await asyncio.to_thread(attempts)
+    assert first == second == (535, b"5.7.8 Authentication credentials invalid")
+    assert third[0] == 421
+    await wait_for(lambda: len(lines(log_file)) == 3 and len(hook.received) == 3)
+    attributes = [line["event"]["attributes"] for line in lines(log_file)]
+    assert attributes == [
+        {"address": "alice@example.org", "remote_ip": "127.0.0.1", "mechanism": "PLAIN"},
+        {"address": "nobody@example.org", "remote_ip": "127.0.0.1", "mechanism": "LOGIN"},
+        {"address": "alice@example.org", "remote_ip": "127.0.0.1", "mechanism": "PLAIN"},
+    ]
+    assert {r.json["event"]["type"] for r in hook.received} == {"auth.login_failed"}
+    everything = caplog.text + log_file.read_text() + "".join(r.body.decode() for r in hook.received)
+    assert "guess-one" not in everything and "guess-two" not in everything and PASSWORD not in everything
+
+
+async def test_a_stored_argon2id_hash_in_a_file_logs_in(tmp_path, engine_for):
+    secret = tmp_path / "alice.hash"
+    secret.write_text(hash_password(PASSWORD) + "\n")
+    engine = await engine_for(make_conf(tmp_path, account("alice", "alice@example.org", f"{{file: {secret}}}",
+                                                          '["*@example.org"]')))
+
+    def attempts() -> list:
+        with client(engine.port) as smtp:
+            return [auth(smtp, "LOGIN", "alice@example.org", "wrong"),
+                    auth(smtp, "LOGIN", "alice@example.org", PASSWORD), smtp.mail("chair@example.org")]
+
+    assert await asyncio.to_thread(attempts) == [(535, b"5.7.8 Authentication credentials invalid"),
+                                                 (235, b"2.7.0 Authentication successful"), (250, b"OK")]
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[str, ssl.SSLContext]:
+    ca = trustme.CA()
+    path = tmp_path / "listener.pem"
+    ca.issue_cert("127.0.0.1", "localhost").private_key_and_cert_chain_pem.write_to_path(str(path))
+    trusting = ssl.create_default_context()
+    ca.configure_trust(trusting)
+    return str(path), trusting
+
+
+async def test_auth_waits_for_starttls_when_plaintext_auth_is_never(tmp_path, engine_for, certificate,
+                                                                    monkeypatch):
+    monkeypatch.setenv("LK_TEST_PW", PASSWORD)
+    cert, trusting = certificate
+    engine = await engine_for(make_conf(tmp_path, account("alice", "alice@example.org", "{env: LK_TEST_PW}")),
+                              tls_cert=cert, plaintext_auth="never")
+
+    def session() -> list:
+        with client(engine.port) as smtp:
+            before = (smtp.has_extn("starttls"), smtp.has_extn("auth"), smtp.docmd("AUTH", "PLAIN"))
+            smtp.starttls(context=trusting)
+            smtp.ehlo("client.test")
+            after = (smtp.has_extn("auth"), auth(smtp, "PLAIN", "alice@example.org", PASSWORD))
+            return [before, after]
+
+    before, after = await asyncio.to_thread(session)
+    assert before == (True, False, (538, b"5.7.11 Encryption required for requested authentication mechanism"))
+    assert after == (True, (235, b"2.7.0 Authentication successful"))
+
+
+async def test_without_accounts_auth_is_not_offered_even_over_tls(tmp_path, engine_for, certificate):
+    cert, trusting = certificate
+    engine = await engine_for(make_conf(tmp_path), tls_cert=cert, plaintext_auth="always")
+
+    def session():
+        with client(engine.port) as smtp:
+            smtp.starttls(context=trusting)
+            smtp.ehlo("client.test")
+            return smtp.has_extn("auth"), smtp.docmd("AUTH", "PLAIN")
+
+    assert await asyncio.to_thread(session) == (False, (502, b"5.5.1 Authentication is not offered here"))
