@@ -235,7 +235,8 @@ def serve(paths, store_url, host, port, prune, log_level, use_uvloop, tick_inter
     except WebListenError as exc:
         raise click.ClickException(exc.strerror) from None
     except ssl.SSLError as exc:
-        raise click.ClickException(f"cannot use the TLS certificate {tls_cert}: {exc.reason or exc}") from None
+        raise click.ClickException(f"cannot use the TLS certificate {tls_cert} (a PEM chain, its key in it or in "
+                                   f"--tls-key): {exc}") from None
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     finally:
