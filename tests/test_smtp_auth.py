@@ -5,6 +5,7 @@ Failed logins reach a Notification's log action and a web hook on a real loopbac
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import os
@@ -245,6 +246,8 @@ async def test_failed_logins_answer_535_emit_the_event_and_the_third_closes(tmp_
     assert {r.json["event"]["type"] for r in hook.received} == {"auth.login_failed"}
     everything = caplog.text + log_file.read_text() + "".join(r.body.decode() for r in hook.received)
     assert "guess-one" not in everything and "guess-two" not in everything and PASSWORD not in everything
+    for wire in (b"\0alice@example.org\0guess-one", b"guess-two"):  # nor as the client sent them
+        assert base64.b64encode(wire).decode() not in everything
 
 
 async def test_a_stored_argon2id_hash_in_a_file_logs_in(tmp_path, engine_for):
