@@ -221,3 +221,16 @@ def test_unwritable_plan_file_is_one_line(tmp_path, url):
     line = one_line_error(run(url, "reconcile", str(REPO / "lists.d"), str(REPO / "routes.d"), "--dry-run",
                               "--out", str(tmp_path / "no/such/dir/plan.json")))
     assert line == f"Error: cannot write {tmp_path}/no/such/dir/plan.json: No such file or directory"
+
+
+def test_queue_wait_defaults_to_the_newest_list_post_not_a_later_report(url):
+    spool_post(url, ("ok@example.net",))  # inbound 1, its list copy 2
+    store = Store.open(url)
+    with store.engine.begin() as conn:  # then a report of the engine's own: no inbound message behind it
+        (report,) = queue.insert_posts(conn, [(None, 1, queue.PostRecord(
+            "", "queued", "report", b"Subject: report\r\n\r\nx\r\n", "postmaster@example.org",
+            ("postmaster@example.org",)))], 1002.0)
+    store.close()
+    assert report == 3
+    assert run(url, "queue", "wait", "--timeout", "0").stdout.startswith("post 2: 1 delivery: 1 queued;")
+    assert run(url, "queue", "wait", "3", "--timeout", "0").stdout.startswith("post 3: 1 delivery: 1 queued;")

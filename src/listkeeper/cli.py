@@ -347,7 +347,7 @@ def queue_wait(store_url, post_id, timeout, interval, output, show_progress) -> 
         counts = ", ".join(f"{n} {state}" for state, n in sorted(found.by_state.items())) or "no deliveries"
         verdict = ("all delivered" if found.exit_code == 0 else "some failed" if found.exit_code == 1
                    else f"not over after {timeout:g} s")
-        click.echo(f"post {post_id}: {found.total} deliveries: {counts}; {verdict}.")
+        click.echo(f"post {post_id}: {found.total} deliver{'y' if found.total == 1 else 'ies'}: {counts}; {verdict}.")
         for recipient, error in failed:
             click.echo(f"  failed: {recipient}: {error}")
         more = found.by_state.get("failed", 0) - len(failed)

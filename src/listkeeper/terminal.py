@@ -37,7 +37,7 @@ def table(columns: Sequence[Column], rows: Iterable[Sequence[object]], indent: i
         grid.add_column(column.header, justify=column.align, no_wrap=True)  # type: ignore[arg-type]
     for row in rows:
         grid.add_row(*(Text(str(value)) for value in row))
-    return Padding(grid, (0, 0, 0, indent)) if indent else grid
+    return Padding(grid, (0, 0, 0, indent), expand=False) if indent else grid
 
 
 def lines(*items: RenderableType | str) -> Group:

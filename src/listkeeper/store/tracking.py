@@ -16,10 +16,11 @@ def _copies(post_id: int):
 
 
 def newest_post(conn: Connection) -> int | None:
-    """The newest list post that has deliveries."""
-    return conn.execute(select(func.max(messages.c.id)).where(
-        messages.c.kind == "post", select(deliveries.c.id).where(deliveries.c.message_id == messages.c.id).exists()
-    )).scalar_one()
+    """The newest post to a list that has deliveries; if there is none, the newest message the engine
+    sent of its own (an event's template mail, a report)."""
+    has_deliveries = select(deliveries.c.id).where(deliveries.c.message_id == messages.c.id).exists()
+    return conn.execute(select(messages.c.id).where(messages.c.kind == "post", has_deliveries)
+                        .order_by(messages.c.parent_id.is_(None), messages.c.id.desc()).limit(1)).scalar()
 
 
 def exists(conn: Connection, post_id: int) -> bool:
