@@ -770,6 +770,7 @@ def events() -> None:
 @click.option("--member", "member", help="Only this subscriber.")
 @store_option
 def events_show(list_name, member, store_url) -> None:
+    """How often each event fired for each subscriber who receives the list (or --member)."""
     from listkeeper.store import events as store_events
     with _store(store_url) as store:
         with store.engine.connect() as conn:
