@@ -234,3 +234,14 @@ def test_queue_wait_defaults_to_the_newest_list_post_not_a_later_report(url):
     assert report == 3
     assert run(url, "queue", "wait", "--timeout", "0").stdout.startswith("post 2: 1 delivery: 1 queued;")
     assert run(url, "queue", "wait", "3", "--timeout", "0").stdout.startswith("post 3: 1 delivery: 1 queued;")
+
+
+def test_import_progress_goes_to_stderr_only(tmp_path, url):
+    assert run(url, "reconcile", str(REPO / "lists.d"), str(REPO / "routes.d")).returncode == 0
+    (tmp_path / "roster.csv").write_text("address,name\n" + "".join(f"m{i}@example.net,M {i}\n" for i in range(300)))
+    barred = run(url, "members", "import", "members", str(tmp_path / "roster.csv"), "--progress")
+    assert barred.returncode == 0, barred.stderr
+    assert barred.stdout.strip().endswith("into members: 300 added, 0 updated, 0 unchanged; 300 joined, 0 left.")
+    assert "importing into members" in barred.stderr and "300 rows" in barred.stderr
+    quiet = run(url, "members", "import", "members", str(tmp_path / "roster.csv"))  # no terminal: no bar
+    assert quiet.stderr == "" and quiet.stdout.strip().endswith("nothing changed (300 unchanged).")
