@@ -10,7 +10,6 @@ import io
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # rich is imported when something is shown: most commands start faster without it
