@@ -11,12 +11,16 @@ from pathlib import Path
 
 import click
 
+from listkeeper import terminal
 from listkeeper.manifests import ManifestErrors, load_manifests
 from listkeeper.manifests.schema import write_schemas
+from listkeeper.terminal import Column
 
 DEFAULT_PATHS = ("lists.d", "routes.d")
 store_option = click.option("--store", "store_url", envvar="LISTKEEPER_STORE", default=None,
                             help="Store URL (default sqlite:///var/listkeeper.db; env LISTKEEPER_STORE).")
+progress_option = click.option("--progress/--no-progress", "show_progress", default=None,
+                               help="Draw a progress bar on stderr (default: only when stderr is a terminal).")
 
 
 def _load(paths: tuple[str, ...]):
@@ -74,9 +78,12 @@ def validate(paths: tuple[str, ...]) -> None:
 def schema(out: str, reference: str) -> None:
     """Write one JSON Schema (draft 2020-12) per manifest kind, and the manifest reference."""
     from listkeeper.manifests.reference import write_reference
-    for path in write_schemas(Path(out)):
-        click.echo(str(path))
-    click.echo(str(write_reference(Path(reference))))
+    try:
+        for path in write_schemas(Path(out)):
+            click.echo(str(path))
+        click.echo(str(write_reference(Path(reference))))
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {exc.filename or out}: {exc.strerror or exc}") from None
 
 
 @main.command()
@@ -148,7 +155,10 @@ def reconcile(paths, store_url, dry_run, prune, detailed_exitcode, output, revis
     if revision or dry_run:
         show(found)
         if out_file:
-            Path(out_file).write_text(found.json() + "\n", encoding="utf-8")
+            try:
+                Path(out_file).write_text(found.json() + "\n", encoding="utf-8")
+            except OSError as exc:
+                raise click.ClickException(f"cannot write {out_file}: {exc.strerror or exc}") from None
     if detailed_exitcode and found.plan.has_changes:
         sys.exit(2)
 
@@ -285,9 +295,7 @@ def queue(ctx, store_url) -> None:
     if not rows:
         click.echo("The queue is empty.")
         return
-    click.echo(f"{'state':<12}{'destination':<40}{'deliveries':>10}")
-    for state, transport, count in rows:
-        click.echo(f"{state:<12}{transport:<40}{count:>10}")
+    terminal.show(terminal.table([Column("state"), Column("destination"), Column("deliveries", "right")], rows))
 
 
 @queue.command("show")
@@ -326,6 +334,53 @@ def queue_retry(store_url, which, post_id) -> None:
         with store.engine.begin() as conn:
             count = store_queue.retry(conn, store.now(), failed_only=which == "failed", post_id=post_id)
     click.echo(f"{count} deliver{'y' if count == 1 else 'ies'} queued again.")
+
+
+@queue.command("wait")
+@click.argument("post_id", type=int, required=False)
+@click.option("--timeout", default=600.0, show_default=True, type=click.FloatRange(min=0), metavar="S",
+              help="Give up after this many seconds.")
+@click.option("--interval", default=0.5, show_default=True, type=click.FloatRange(min=0.01), metavar="S",
+              help="Seconds between looks at the queue.")
+@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@progress_option
+@click.pass_obj
+def queue_wait(store_url, post_id, timeout, interval, output, show_progress) -> None:
+    """Wait until every delivery of a post (default: the newest) is delivered or failed. Exit 0 when all
+    were delivered, 1 when some failed, 2 when the timeout came first."""
+    import json
+    from listkeeper.delivery.progress import follow
+    from listkeeper.store import tracking
+    with _store(store_url) as store:
+        with store.engine.connect() as conn:
+            if post_id is None:
+                post_id = tracking.newest_post(conn)
+                if post_id is None:
+                    raise click.ClickException("no post has been queued for delivery yet")
+            elif not tracking.exists(conn, post_id):
+                raise click.ClickException(f"no post {post_id}")
+        bar = terminal.progress(terminal.wants_progress(show_progress), unit="deliveries")
+        with bar:
+            task = bar.add_task(f"post {post_id}", total=None)
+            found = follow(store, post_id, timeout, interval=interval,
+                           on_update=lambda now: bar.update(task, total=now.total or None, completed=now.done))
+        with store.engine.connect() as conn:
+            failed = tracking.failures(conn, post_id, 20)
+    if output == "json":
+        click.echo(json.dumps({"post": post_id, "by_state": dict(sorted(found.by_state.items())),
+                               "total": found.total, "over": found.over, "timed_out": found.timed_out,
+                               "failed": [{"recipient": r, "error": e} for r, e in failed]}, indent=2))
+    else:
+        counts = ", ".join(f"{n} {state}" for state, n in sorted(found.by_state.items())) or "no deliveries"
+        verdict = ("all delivered" if found.exit_code == 0 else "some failed" if found.exit_code == 1
+                   else f"not over after {timeout:g} s")
+        click.echo(f"post {post_id}: {found.total} deliver{'y' if found.total == 1 else 'ies'}: {counts}; {verdict}.")
+        for recipient, error in failed:
+            click.echo(f"  failed: {recipient}: {error}")
+        more = found.by_state.get("failed", 0) - len(failed)
+        if more > 0:
+            click.echo(f"  … and {more} more failed (listkeeper queue retry --post {post_id} sends them again)")
+    sys.exit(found.exit_code)
 
 
 @queue.command("drop")
@@ -421,12 +476,12 @@ def members_show(list_name, store_url, preview, limit) -> None:
             with store.engine.connect() as conn:
                 rows = subscribers.members(conn, list_name)
             receiving = sum(1 for m in rows if m.receiving)
-            click.echo(f"{receiving} receiving member(s) of {len(rows)}:")
-            for m in rows[:limit]:
-                click.echo(f"  {m.address:<40} {','.join(sorted(m.roles)):<22} {m.receives or '-':<7} "
-                           f"{m.state:<13} {m.source}")
-            if len(rows) > limit:
-                click.echo(f"  … and {len(rows) - limit} more")
+            shown = terminal.table(
+                [Column("address"), Column("roles"), Column("receives"), Column("state"), Column("source")],
+                [(m.address, ",".join(sorted(m.roles)), m.receives or "-", m.state, m.source) for m in rows[:limit]],
+                indent=2)
+            terminal.show(terminal.lines(f"{receiving} receiving member(s) of {len(rows)}:", shown,
+                                         *([f"  … and {len(rows) - limit} more"] if len(rows) > limit else [])))
             return
         if not preview:
             with store.engine.connect() as conn:
@@ -531,8 +586,9 @@ def _static_list(store, list_name: str):
 @click.argument("list_name")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
 @store_option
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-def members_import(list_name, file, store_url, quiet) -> None:
+@click.option("--quiet", is_flag=True, help="No progress bar (the same as --no-progress).")
+@progress_option
+def members_import(list_name, file, store_url, quiet, show_progress) -> None:
     """Add or update a list's subscribers from a CSV roster (address,name,roles,state), as members export
     writes it. Running it again changes nothing. Lines that cannot be imported are named; exit 1 if any."""
     import io
@@ -540,7 +596,8 @@ def members_import(list_name, file, store_url, quiet) -> None:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
     from listkeeper.store import imports, roster
-    console = Console(stderr=True)
+    shown = not quiet and terminal.wants_progress(show_progress)
+    console = Console(stderr=True, force_terminal=shown or None)
     with _store(store_url) as store:
         _static_list(store, list_name)
         try:
@@ -551,7 +608,7 @@ def members_import(list_name, file, store_url, quiet) -> None:
         text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
         bar = Progress(TextColumn("importing into {task.description}"), BarColumn(),
                        TextColumn("{task.fields[rows]} rows"), TimeRemainingColumn(), console=console,
-                       disable=quiet or not console.is_terminal)
+                       disable=not shown)
         try:
             with bar:
                 task = bar.add_task(list_name, total=size or None, rows=0)
@@ -564,6 +621,9 @@ def members_import(list_name, file, store_url, quiet) -> None:
         except roster.RosterError as exc:
             raise click.ClickException(f"{file}: {exc}; rows before it were imported, run again once it is "
                                        "fixed") from None
+        except OSError as exc:
+            raise click.ClickException(f"cannot read {file}: {exc.strerror or exc}; rows before the error were "
+                                       "imported, run again once it is readable") from None
         finally:
             if file != "-":
                 text.close()
@@ -633,7 +693,8 @@ def _moment(value: str | None) -> float:
 @main.command()
 @store_option
 @click.option("--at", "at", metavar="TIME", help="Evaluate as of this moment (ISO, UTC unless given).")
-def tick(store_url, at) -> None:
+@progress_option
+def tick(store_url, at, show_progress) -> None:
     """Run one evaluation of every list's events and one round of the periodic jobs (moderation
     expiry, digests, ...): what serve does on its own."""
     from listkeeper.engine.events import tick as run_tick
@@ -642,8 +703,12 @@ def tick(store_url, at) -> None:
     with _store(store_url) as store:
         snapshot = load_snapshot(store)
         moment = _moment(at)
-        fired = run_tick(store, snapshot, moment)
-        done = run_round(store, snapshot, moment)
+        bar = terminal.progress(terminal.wants_progress(show_progress), unit="subscriber events")
+        with bar:
+            task = bar.add_task("events", total=None)
+            fired = run_tick(store, snapshot, moment,
+                             lambda checked, total: bar.update(task, completed=checked, total=total))
+            done = run_round(store, snapshot, moment)
     for item in fired:
         click.echo(f"{item.list_name}/{item.event}: fired for {item.count}")
     for job, count in done.queued.items():
@@ -732,15 +797,15 @@ def events() -> None:
 @click.option("--member", "member", help="Only this subscriber.")
 @store_option
 def events_show(list_name, member, store_url) -> None:
+    """How often each event fired for each subscriber who receives the list (or --member)."""
     from listkeeper.store import events as store_events
     with _store(store_url) as store:
         with store.engine.connect() as conn:
             members = [member.lower()] if member else store_events.list_subscribers(conn, list_name)
             counts = store_events.counters(conn, list_name, members if member else None)
     names = sorted({e for a in members for e in counts.get(a, {})})
-    click.echo(f"{'subscriber':<40}" + "".join(f"{n:>10}" for n in names))
-    for address in members:
-        click.echo(f"{address:<40}" + "".join(f"{counts.get(address, {}).get(n, 0):>10}" for n in names))
+    terminal.show(terminal.table([Column("subscriber"), *(Column(n, "right") for n in names)],
+                                 [(a, *(counts.get(a, {}).get(n, 0) for n in names)) for a in members]))
 
 
 @events.command("fire")
@@ -939,8 +1004,11 @@ def report_run(name, since, store_url) -> None:
 def status_cmd(store_url, output) -> None:
     """The running configuration generation, how and from which files it was applied, the engines on
     this store and the generation each runs, the last rejected reload with its errors, the queue."""
-    from listkeeper.engine.status import read_status, render_status
+    from listkeeper.engine.status import read_status, status_view
     with _store(store_url) as store:
         with store.engine.connect() as conn:
             found = read_status(conn, store.now())
-    click.echo(found.json() if output == "json" else render_status(found))
+    if output == "json":
+        click.echo(found.json())
+    else:
+        terminal.show(status_view(found))

@@ -9,9 +9,9 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, make_url
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError
 
 DEFAULT_URL = "sqlite:///var/listkeeper.db"
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -25,15 +25,27 @@ def store_url(url: str | None) -> str:
     return url or os.environ.get("LISTKEEPER_STORE") or DEFAULT_URL
 
 
+def _shown(url: str) -> str:
+    """The URL as errors show it: never with its password."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
 def create_store_engine(url: str) -> Engine:
     try:
         engine = create_engine(url, future=True)
     except (ArgumentError, ImportError) as exc:
-        raise StoreError(f"bad store URL {url!r}: {exc}") from None
+        raise StoreError(f"bad store URL {_shown(url)!r}: {exc}") from None
     if engine.dialect.name == "sqlite":
         database = engine.url.database
         if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot open store {_shown(url)}: cannot create the folder of {database}: "
+                                 f"{exc.strerror or exc}") from None
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_connection, _record):  # every connection: WAL, durable commits
@@ -59,8 +71,14 @@ def migrate(engine: Engine) -> None:
     try:
         with engine.begin() as connection:
             command.upgrade(alembic_config(connection), "head")
-    except OperationalError as exc:
-        raise StoreError(f"cannot open store {engine.url.render_as_string(hide_password=True)}: {exc.orig}") from None
+    except DBAPIError as exc:  # cannot connect, not a database, no such database, permission denied ...
+        raise StoreError(f"cannot open store {engine.url.render_as_string(hide_password=True)}: "
+                         f"{_one_line(exc.orig)}") from None
+
+
+def _one_line(error: BaseException | None) -> str:
+    """A driver's message on one line (PostgreSQL's add hints on lines of their own)."""
+    return "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
 
 
 def is_current(engine: Engine) -> bool:

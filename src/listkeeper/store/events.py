@@ -237,6 +237,10 @@ def receiving(list_name: str):
         .order_by(subscribers.c.address)
 
 
+def receiving_count(conn: Connection, list_name: str) -> int:
+    return conn.execute(select(func.count()).select_from(receiving(list_name).order_by(None).subquery())).scalar_one()
+
+
 def receiving_among(conn: Connection, list_name: str, addresses: Iterable[str]) -> list[str]:
     return list(conn.execute(receiving(list_name).where(subscribers.c.address.in_(list(addresses)))).scalars())
 
