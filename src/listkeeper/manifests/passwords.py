@@ -109,25 +109,18 @@ def parse(value: str) -> Stored:
                           "(listkeeper hash-password), or the password itself")
 
 
-def where(secret: SecretRef) -> str:
-    return f"file {secret.file}" if secret.file is not None else f"environment variable {secret.env}"
-
-
 def load_password(secret: SecretRef) -> Stored:
     """Read and parse the secret; raises PasswordProblem saying what is wrong (never the value)."""
     try:
-        value = secret.reveal()
-    except (OSError, LookupError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
-        if isinstance(exc, LookupError):
-            reason = "it is not set"
-        raise PasswordProblem(f"cannot read the password from {where(secret)}: {reason}") from None
+        value = secret.read("the password")
+    except ValueError as exc:
+        raise PasswordProblem(str(exc)) from None
     if not value:
-        raise PasswordProblem(f"the password in {where(secret)} is empty")
+        raise PasswordProblem(f"the password in {secret.where()} is empty")
     try:
         return parse(value)
     except PasswordProblem as exc:
-        raise PasswordProblem(f"{where(secret)}: {exc}") from None
+        raise PasswordProblem(f"{secret.where()}: {exc}") from None
 
 
 def password_problem(secret: SecretRef) -> str | None:
