@@ -83,8 +83,8 @@ class Engine:
         loop = asyncio.get_running_loop()
         tls = listener_tls(self.options)  # first: a certificate that cannot be read leaves nothing running
         self.metrics = Metrics(self.store, self.current)
-        notify_bus.attach(self.metrics)  # counts list events fired (from ticks and from mail commands)
         await self._start_links()
+        notify_bus.attach(self.metrics)  # counts list events fired (from ticks and from mail commands)
         self.notifications = Dispatcher(self.current, self.inject, self.store.now, metrics=self.metrics)
         self.notifications.start()
         self.scheduler = Scheduler(self.store, self.current, inject=self.inject,
