@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -25,6 +26,7 @@ from .conftest import DOMAIN, REPO, pickup_routes, wait_for, write
 from .test_relay import free_port
 from .test_serve import LISTS, message
 from .test_serve_process import post, wait_outbox
+from .test_smtp_auth import PASSWORD, account, auth, client, make_conf
 
 REGULAR = {"alice@example.org", "bob@example.net", "carol@example.com", "chair@example.org"}
 
@@ -125,6 +127,35 @@ async def test_two_posts_of_one_session_are_followed_by_their_ids_to_each_delive
         assert all(a["outcome"] == "delivered" and a["transport"] == "pickup" and a["attempt"] == 1 for a in attempts)
         seen_deliveries |= {a["delivery_id"] for a in attempts}
     assert len(seen_deliveries) == 8  # each delivery belongs to exactly one of the two posts
+
+
+async def test_a_login_is_one_smtp_auth_record_and_the_session_names_the_user(tmp_path, engine_for, monkeypatch):
+    monkeypatch.setenv("LK_TEST_PW", PASSWORD)
+    logger, out = capture(JsonFormatter(), "listkeeper")
+    logger.setLevel(logging.INFO)
+    try:
+        engine = await engine_for(make_conf(tmp_path, account("alice", "alice@example.org", "{env: LK_TEST_PW}")))
+
+        def session() -> None:
+            with client(engine.port) as smtp:
+                assert auth(smtp, "PLAIN", "nobody@example.org", "guess")[0] == 535
+                assert auth(smtp, "PLAIN", "alice@example.org", PASSWORD)[0] == 235
+
+        await asyncio.to_thread(session)
+        await wait_for(lambda: '"smtp.session"' in out.getvalue())
+        text = out.getvalue()
+    finally:
+        logger.handlers.clear()
+        logger.propagate = True
+        logger.setLevel(logging.NOTSET)
+    records = [json.loads(line) for line in text.splitlines()]
+    (closed,) = [r for r in records if r["event"] == "smtp.session"]
+    logins = [(r["outcome"], r["username"], r["level"], r["session"]) for r in records if r["event"] == "smtp.auth"]
+    assert logins == [("failed", "nobody@example.org", "warning", closed["session"]),
+                      ("ok", "alice@example.org", "info", closed["session"])]
+    assert closed["username"] == "alice@example.org" and closed["tls"] is False
+    assert closed["replies"]["535"] == 1 and closed["replies"]["235"] == 1
+    assert PASSWORD not in text and "guess" not in text
 
 
 @pytest.fixture

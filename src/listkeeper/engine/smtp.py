@@ -76,14 +76,17 @@ class ListSMTP(SMTP):
         await super().push(status)
 
     def connection_lost(self, error) -> None:
-        helo = self.session.host_name if self.session is not None else None
+        session = self.session
+        helo = session.host_name if session is not None else None
+        tls = session is not None and session.ssl is not None
+        login = getattr(getattr(session, "auth_data", None), "username", None)
         super().connection_lost(error)
         notes = self.notes
         if notes is None or notes.probe:
             return
         if self.event_handler.metrics is not None:
             self.event_handler.metrics.smtp_active.dec()
-        note(log, "smtp.session", session=notes.id, peer=notes.peer, helo=helo,
+        note(log, "smtp.session", session=notes.id, peer=notes.peer, helo=helo, tls=tls, username=login,
              seconds=round(time.monotonic() - notes.started, 3), replies=dict(notes.replies),
              queue_ids=notes.queue_ids, error=f"{type(error).__name__}: {error}" if error else None)
 
