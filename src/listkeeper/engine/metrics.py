@@ -20,12 +20,16 @@ from sqlalchemy import func, select
 
 from listkeeper.notify.bus import SystemEvent
 from listkeeper.store import Store
+from listkeeper.store.queue import InboundRecord
 from listkeeper.store.tables import deliveries
+
+from .fanout import Refused
 
 log = logging.getLogger("listkeeper.metrics")
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 WAITING = ("queued", "deferred", "sending")  # the delivery states that make up the queue
+VERDICT_OF_STATE = {"queued": "accept", "held": "hold", "discarded": "discard"}  # a list post's state
 
 
 def destination_label(transport: str) -> str:
@@ -113,8 +117,16 @@ class Metrics:
     def smtp_reply(self, code: str) -> None:
         self.smtp_replies.labels(code).inc()
 
-    def verdict(self, list_name: str, verdict: str) -> None:
-        self.posts.labels(list_name, verdict).inc()
+    def verdicts(self, outcome: InboundRecord | Refused) -> None:
+        """Posts by the posting rules' verdict, from what fan_out made of a message: a refusal by a
+        list, or the list posts (the records kept for digests) in their states."""
+        if isinstance(outcome, Refused):
+            if outcome.list_name:
+                self.posts.labels(outcome.list_name, "reject").inc()
+            return
+        for post in outcome.posts:
+            if post.digest:
+                self.posts.labels(post.list_name, VERDICT_OF_STATE.get(post.state, post.state)).inc()
 
     def delivery(self, outcome: str, transport: str) -> None:
         self.deliveries.labels(outcome, destination_label(transport)).inc()

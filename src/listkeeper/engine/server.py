@@ -190,6 +190,8 @@ class Engine:
                                              self.store.now()) if local else None
         record = fan_out(data, mail_from, local, snapshot, self.store.now(), membership) if local else \
             InboundRecord(mail_from, (), data, snapshot.generation, ())
+        if local and self.metrics is not None:
+            self.metrics.verdicts(record)
         if isinstance(record, Refused):
             log.warning("engine mail to %s refused: %s", recipients, record.reply)
             return

@@ -27,7 +27,6 @@ from .snapshot import Snapshot
 from .spool import Spool
 
 log = logging.getLogger("listkeeper.smtp")
-VERDICT_OF_STATE = {"queued": "accept", "held": "hold", "discarded": "discard"}
 
 
 @dataclass
@@ -169,7 +168,8 @@ class ListHandler:
         poster = await self._dmarc.poster_policy(data, recipients, snapshot)
         outcome = fan_out(data, envelope.mail_from or "", recipients, snapshot, self._clock(), membership,
                           dmarc=poster, auth=auth)
-        self._count_verdicts(outcome)
+        if self.metrics is not None:
+            self.metrics.verdicts(outcome)
         if isinstance(outcome, Refused):
             return await self._refuse(session, envelope.mail_from or "", envelope.rcpt_tos, outcome.rule,
                                       outcome.reason, outcome.reply)
@@ -185,15 +185,3 @@ class ListHandler:
         if held:
             return f"250 2.0.0 Queued as {message_id}; held for moderation by {', '.join(held)}"
         return f"250 2.0.0 Queued as {message_id}"
-
-    def _count_verdicts(self, outcome) -> None:
-        """Posts by the posting rules' verdict: a list post is the record kept for its digest."""
-        if self.metrics is None:
-            return
-        if isinstance(outcome, Refused):
-            if outcome.list_name:
-                self.metrics.verdict(outcome.list_name, "reject")
-            return
-        for post in outcome.posts:
-            if post.digest:
-                self.metrics.verdict(post.list_name, VERDICT_OF_STATE.get(post.state, post.state))
