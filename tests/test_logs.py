@@ -26,6 +26,8 @@ from .conftest import DOMAIN, REPO, pickup_routes, wait_for, write
 from .test_relay import free_port
 from .test_serve import LISTS, message
 from .test_serve_process import post, wait_outbox
+from .test_notify_engine import BARRING, barred, notification
+from .test_reload import follow, members, watching
 from .test_smtp_auth import PASSWORD, account, auth, client, make_conf
 
 REGULAR = {"alice@example.org", "bob@example.net", "carol@example.com", "chair@example.org"}
@@ -156,6 +158,42 @@ async def test_a_login_is_one_smtp_auth_record_and_the_session_names_the_user(tm
     assert closed["username"] == "alice@example.org" and closed["tls"] is False
     assert closed["replies"]["535"] == 1 and closed["replies"]["235"] == 1
     assert PASSWORD not in text and "guess" not in text
+
+
+async def test_reloads_and_notifications_are_one_record_each(tmp_path, engine_for):
+    conf = tmp_path / "conf"
+    write(conf, "domain.yaml", DOMAIN)
+    write(conf, "members.yaml", members(["alice@example.org"]))
+    write(conf, "routes.yaml", pickup_routes(tmp_path / "outbox"))
+    write(conf, "barring.yaml", BARRING)
+    write(conf, "notify.yaml", notification("barred", "message.barred", f"""
+    - type: log
+      path: {tmp_path / 'barred.jsonl'}"""))
+    logger, out = capture(JsonFormatter(), "listkeeper")
+    logger.setLevel(logging.INFO)
+    try:
+        engine = await engine_for(conf, reload=follow(conf))
+        await watching(engine, conf)
+        await barred(engine.port)
+        await wait_for(lambda: '"notification.sent"' in out.getvalue())
+        write(conf, "members.yaml", members(["alice@example.org"], kind="discusion"))
+        await wait_for(lambda: '"reload.rejected"' in out.getvalue())
+        write(conf, "members.yaml", members(["alice@example.org", "bob@example.net"]))
+        await wait_for(lambda: '"reload.loaded"' in out.getvalue())
+        records = [json.loads(line) for line in out.getvalue().splitlines()]
+    finally:
+        logger.handlers.clear()
+        logger.propagate = True
+        logger.setLevel(logging.NOTSET)
+    (sent,) = [r for r in records if r["event"] == "notification.sent"]
+    assert (sent["notification"], sent["action"], sent["type"], sent["events"]) == ("barred", "log", "message.barred", 1)
+    (rejected,) = [r for r in records if r["event"] == "reload.rejected"]
+    assert rejected["level"] == "error" and rejected["generation"] == 1 and rejected["trigger"] == "watch"
+    assert rejected["count"] == 1 and rejected["errors"][0].startswith(f"{conf / 'members.yaml'}:6:")
+    (applied,) = [r for r in records if r["event"] == "reload.applied"]
+    assert applied["generation"] == 2 and applied["changes"] == "update MailingList/members"
+    (loaded,) = [r for r in records if r["event"] == "reload.loaded"]
+    assert (loaded["generation"], loaded["previous"], loaded["lists"]) == (2, 1, 1)
 
 
 @pytest.fixture

@@ -110,23 +110,25 @@ class Dispatcher:
 
     async def _perform(self, slot: asyncio.Semaphore, action, notice: Notice) -> None:
         async with slot:
-            outcome = "failed"
+            outcome = None  # stays None when cancelled (the engine stops): neither sent nor failed
             try:
                 await self._actions.run(action, notice, self._clock())
                 outcome = "sent"
                 note(log, "notification.sent", notification=notice.notification, action=action.type,
-                     type=notice.event.type, event_id=notice.event.id, events=notice.count)
+                     target=describe(action), type=notice.event.type, event_id=notice.event.id, events=notice.count)
             except ActionFailed as exc:
+                outcome = "failed"
                 log.warning("notification %s: %s failed for %s %s: %s", notice.notification, describe(action),
                             notice.event.type, notice.event.id, exc,
                             extra=_failed(notice, action, str(exc)))
             except Exception as exc:  # noqa: BLE001 - a web hook's error text might quote its URL: left out
+                outcome = "failed"
                 text = type(exc).__name__ if action.type == "webhook" else f"{type(exc).__name__}: {exc}"
                 log.warning("notification %s: %s failed for %s %s: %s", notice.notification, describe(action),
                             notice.event.type, notice.event.id, text, extra=_failed(notice, action, text))
             finally:
                 self.done += 1
-                if self._metrics is not None:
+                if self._metrics is not None and outcome is not None:
                     self._metrics.notification(notice.notification, action.type, outcome)
 
     def _mail_parts(self) -> tuple[str, str]:
@@ -152,5 +154,6 @@ class Dispatcher:
 def _failed(notice: Notice, action, error: str) -> dict:
     """The structured side of a failed action's warning (its text stays as operators know it)."""
     return {"event": "notification.failed", "text": "", "fields": {
-        "notification": notice.notification, "action": describe(action), "type": notice.event.type,
+        "notification": notice.notification, "action": action.type, "target": describe(action),
+        "type": notice.event.type,
         "event_id": notice.event.id, "error": error}}
