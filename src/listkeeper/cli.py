@@ -203,9 +203,9 @@ def serve(paths, store_url, host, port, prune, log_level, log_format, use_uvloop
     from listkeeper.engine.reload import ReloadOptions, node_name
     from listkeeper.engine.server import ServeOptions, serve_forever
     from listkeeper.engine.web import WebListenError
+    from listkeeper.logs import configure, note
     from listkeeper.reconcile import reconcile as reconcile_store
     from listkeeper.store.config import LockTimeout
-    from listkeeper.logs import configure, note
     configure(log_level, log_format)
     serve_log = logging.getLogger("listkeeper.serve")
 
