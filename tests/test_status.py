@@ -120,7 +120,7 @@ def test_sighup_reloads_a_serve_that_does_not_watch_and_status_shows_it(tmp_path
         assert "Last rejected reload: " in text and "kept generation 2; 1 error(s):\n  lists.d/members.yaml:6:3: " \
             "spec.type: Input should be 'announce', 'moderated' or 'discussion'" in text
         assert "mx-test" in text and f"smtp://127.0.0.1:{port}" in text and "running" in text
-        assert any("config.rejected lists.d/members.yaml:6:3: spec.type" in line for line in log)
+        assert any("reload.rejected" in line and "lists.d/members.yaml:6:3: spec.type" in line for line in log)
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0

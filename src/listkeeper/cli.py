@@ -171,6 +171,9 @@ def reconcile(paths, store_url, dry_run, prune, detailed_exitcode, output, revis
 @click.option("--prune", is_flag=True, help="Let the reconciles (at start and on reload) delete resources.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--log-format", default="text", show_default=True, type=click.Choice(["text", "json"]),
+              help="text: one readable line per record; json: one JSON object per line, each with a stable "
+                   "`event` name and the ids that follow a post from acceptance to each delivery.")
 @click.option("--uvloop", "use_uvloop", is_flag=True, help="Run on uvloop (pip install 'listkeeper[fast]').")
 @click.option("--tick-interval", default=300.0, show_default=True, type=click.FloatRange(min=0.05),
               help="Seconds between evaluations of list events.")
@@ -193,19 +196,26 @@ def reconcile(paths, store_url, dry_run, prune, detailed_exitcode, output, revis
               type=click.Choice(["never", "loopback", "always"]),
               help="SMTP AUTH (SmtpAccounts) without TLS: never, for clients on this host, or always. "
                    "After STARTTLS it is always offered.")
-def serve(paths, store_url, host, port, prune, log_level, use_uvloop, tick_interval, http_host, http_port,
-          no_http, base_url, no_watch, node, tls_cert, tls_key, plaintext_auth) -> None:
+def serve(paths, store_url, host, port, prune, log_level, log_format, use_uvloop, tick_interval, http_host,
+          http_port, no_http, base_url, no_watch, node, tls_cert, tls_key, plaintext_auth) -> None:
     """Reconcile, then accept SMTP, deliver and serve one-click unsubscribe. Changes to PATHS (or
     SIGHUP) are validated and reconciled while running; an invalid change is refused, with its errors."""
     from listkeeper.engine.reload import ReloadOptions, node_name
     from listkeeper.engine.server import ServeOptions, serve_forever
     from listkeeper.engine.web import WebListenError
+    from listkeeper.logs import configure, note
     from listkeeper.reconcile import reconcile as reconcile_store
     from listkeeper.store.config import LockTimeout
-    logging.basicConfig(level=getattr(logging, log_level.upper()),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    for noisy in ("mail.log", "alembic", "watchfiles"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    configure(log_level, log_format)
+    serve_log = logging.getLogger("listkeeper.serve")
+
+    def say(text: str, event: str, **fields) -> None:
+        """What serve tells the operator: a line on stderr, or in JSON format a record like every other."""
+        if log_format == "json":
+            note(serve_log, event, text=text, **fields)
+        else:
+            click.echo(text, err=True)
+
     manifests = _load(paths)
     store = _open_store(store_url)
     try:
@@ -214,7 +224,7 @@ def serve(paths, store_url, host, port, prune, log_level, use_uvloop, tick_inter
     except LockTimeout as exc:
         raise click.ClickException(str(exc)) from None
     if generation is not None:
-        click.echo(f"reconciled: configuration generation {generation}", err=True)
+        say(f"reconciled: configuration generation {generation}", "serve.reconciled", generation=generation)
 
     def ready(engine) -> None:
         snap = engine.snapshot
@@ -222,12 +232,16 @@ def serve(paths, store_url, host, port, prune, log_level, use_uvloop, tick_inter
             from listkeeper import notify
             notify.emit("config.applied", generation=generation, source="serve")
         if engine.web is not None:
-            click.echo(f"one-click unsubscribe on {engine.web.url}{'' if not base_url else ' as ' + base_url}",
-                       err=True)
-        click.echo(f"config: {'watching' if not no_watch else 'not watching (--no-watch)'} "
-                   f"{', '.join(paths or DEFAULT_PATHS)}; SIGHUP reloads; node {engine.follower.node}", err=True)
-        click.echo(f"listkeeper serving {len(snap.lists)} list(s) for {', '.join(sorted(snap.domains))} "
-                   f"on smtp://{host}:{engine.port} (generation {snap.generation}); Ctrl-C stops", err=True)
+            say(f"one-click unsubscribe on {engine.web.url}{'' if not base_url else ' as ' + base_url}",
+                "serve.http", url=engine.web.url)
+            say(f"metrics on {engine.web.url}/metrics, health on {engine.web.url}/healthz", "serve.metrics",
+                url=f"{engine.web.url}/metrics")
+        say(f"config: {'watching' if not no_watch else 'not watching (--no-watch)'} "
+            f"{', '.join(paths or DEFAULT_PATHS)}; SIGHUP reloads; node {engine.follower.node}", "serve.config",
+            node=engine.follower.node)
+        say(f"listkeeper serving {len(snap.lists)} list(s) for {', '.join(sorted(snap.domains))} "
+            f"on smtp://{host}:{engine.port} (generation {snap.generation}); Ctrl-C stops", "serve.ready",
+            smtp=f"{host}:{engine.port}", generation=snap.generation)
 
     options = ServeOptions(host=host, port=port, tick_interval=tick_interval, http_host=http_host,
                            http_port=None if no_http else http_port, base_url=base_url, node=node,

@@ -84,15 +84,16 @@ def from_domain(message: RawMessage) -> str | None:
 class PolicyLookup:
     """Looks up posters' DMARC policies; one resolver (and cache) per DNS configuration."""
 
-    def __init__(self) -> None:
+    def __init__(self, observe=None) -> None:
         self._resolvers: dict[str, MxResolver] = {}
+        self._observe = observe  # counts each DNS query (engine/metrics.py), or None
 
     def _resolver(self, settings) -> MxResolver:
         key = settings.model_dump_json()
         if key not in self._resolvers:
             self._resolvers[key] = MxResolver([(ns.address, ns.port) for ns in settings.nameservers],
                                               timeout=settings.timeout,
-                                              avoid_failing_for=settings.avoid_failing_for)
+                                              avoid_failing_for=settings.avoid_failing_for, observe=self._observe)
         return self._resolvers[key]
 
     async def poster_policy(self, data: bytes, recipients: list[Recipient], snapshot: Snapshot) -> PosterPolicy | None:

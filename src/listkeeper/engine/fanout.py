@@ -12,6 +12,7 @@ from email.utils import format_datetime, getaddresses
 import logging
 import secrets
 
+from listkeeper.logs import note
 from listkeeper.manifests.lists import ListType
 from listkeeper.store.queue import Hold, InboundRecord, PostRecord
 
@@ -38,6 +39,7 @@ class Refused:
     reply: str
     rule: str
     reason: str = ""
+    list_name: str = ""  # the list whose posting rules refused it ("" when not a list's verdict)
 
 
 def senders_of(message: RawMessage, mail_from: str) -> frozenset[str]:
@@ -126,10 +128,10 @@ def fan_out(data: bytes, mail_from: str, recipients: list[Recipient], snapshot: 
         lst = rcpt.list
         if rcpt.target is Target.post:
             verdict = decide(submission, lst)
-            log.info("policy list=%s from=%s decision=%s rule=%s reason=%s", lst.name, mail_from or "<>",
-                     verdict.decision.value, verdict.rule, verdict.reason)
+            note(log, "post.verdict", list=lst.name, sender=mail_from or "<>", verdict=verdict.decision.value,
+                 rule=verdict.rule, reason=verdict.reason)
             if verdict.decision is Decision.reject:
-                return Refused(verdict.reply, verdict.rule, verdict.reason)
+                return Refused(verdict.reply, verdict.rule, verdict.reason, lst.name)
             state = {Decision.accept: "queued", Decision.hold: "held", Decision.discard: "discarded"}[verdict.decision]
             hostname = snapshot.hostname(lst.domain)
             post = stamped(message, auth, hostname) if auth is not None and arc_seals(lst.domain, snapshot) else message

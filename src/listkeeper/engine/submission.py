@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session
 
 from listkeeper import notify
+from listkeeper.logs import note
 from listkeeper.manifests.accounts import SmtpAccountSpec
 from listkeeper.manifests.passwords import UNKNOWN_USER, PasswordProblem, check, load_password
 
@@ -150,13 +151,13 @@ class SubmissionHandler(ListHandler):
         if password is not None and await asyncio.to_thread(verify, account, password):
             session.authenticated = True
             session.auth_data = Login(username, account, mechanism)
-            log.info("smtp.auth_ok username=%s peer=%s mechanism=%s", username, peer_ip(session), mechanism)
+            note(log, "smtp.auth", outcome="ok", username=username, peer=peer_ip(session), mechanism=mechanism)
             await server.push(SUCCESS)
             return AuthResult(success=False, handled=True)
         failures = getattr(session, "listkeeper_auth_failures", 0) + 1
         session.listkeeper_auth_failures = failures
-        log.warning("smtp.auth_failed username=%s peer=%s mechanism=%s failures=%d", username, peer_ip(session),
-                    mechanism, failures)
+        note(log, "smtp.auth", level=logging.WARNING, outcome="failed", username=username, peer=peer_ip(session),
+             mechanism=mechanism, failures=failures)
         notify.emit("auth.login_failed", address=username, remote_ip=peer_ip(session), mechanism=mechanism)
         if failures >= MAX_FAILURES:
             await server.push(TOO_MANY)
