@@ -249,5 +249,5 @@ async def serve_forever(store: Store, options: ServeOptions, ready=lambda engine
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, engine.follower.request, "sighup")
     await stop.wait()
-    log.info("stopping")
+    note(log, "serve.stopping", text="stopping: no new sessions; finishing what is in flight")
     await engine.stop()
