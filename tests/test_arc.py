@@ -87,6 +87,7 @@ def test_the_field_says_what_was_checked():
     (1, b"h; dkim=pass; arc=pass", b"pass"),
     (1, b"h; dkim=pass; arc=fail", b"fail"),
     (2, b"h; dkim=pass", b"fail"),  # a chain we did not see verify is not vouched for
+    (1, b'h; dmarc=fail header.from="[x;arc=pass]"; arc=fail', b"fail"),  # our own arc= is the last
 ])
 def test_the_chain_status_of_a_new_set(previous, results, expected):
     assert arc.chain_status(previous, results) == expected
@@ -279,3 +280,27 @@ async def test_a_key_the_name_server_cannot_give_is_a_temporary_error_and_the_po
         cv, results, reason = dkim.arc_verify(data, dnsfunc=dnsfunc_for(keys[3]))
         aar = re.sub(r"\s+", " ", results[0]["aar-value"].decode())
         assert cv == dkim.CV_Pass and "dkim=temperror header.d=strict.test" in aar and "dmarc=temperror" in aar, aar
+
+
+async def test_a_from_domain_cannot_make_a_broken_chain_pass(tmp_path, keys, engine_for):
+    """The From domain is copied into our results as header.from; one such as `[x;arc=pass]` (a domain
+    literal getaddresses keeps whole) must not pass for our verdict on the inbound chain."""
+    engine = await engine_for(configure(tmp_path, keys))
+    upstream = (b"Authentication-Results: fwd.forwarder.test; dkim=pass header.d=strict.test\r\n"
+                + post("Alice <alice@[x;arc=pass]>", "Literal"))
+    sealed = b"".join(dkim.arc_sign(upstream, b"fw", b"forwarder.test", keys[2], b"fwd.forwarder.test")) + upstream
+    sealed = sealed.replace(b"Hello list.", b"Hello LIST.")  # broken on the way
+    errors, reply = await send(engine.port, "alice@strict.test", "talk@example.org", sealed)
+    assert errors == {}, reply
+    delivered = await wait_for(lambda: len(copies(tmp_path, "Literal")) == 3 and copies(tmp_path, "Literal"))
+    for data in delivered:
+        assert re.search(r"^ARC-Seal: i=2; cv=fail;", data.decode(), re.M), [l for l in data.decode().splitlines() if "ARC-Seal" in l or "lists.example.org;" in l or "arc=" in l]
+        ours = [v for v in field_values(data, "Authentication-Results") if v.startswith("lists.example.org")]
+        assert len(ours) == 1 and ours[0].endswith("; arc=fail") and "header.from=[x;" not in ours[0], ours
+        assert dkim.arc_verify(data, dnsfunc=dnsfunc_for(keys[3]))[0] != dkim.CV_Pass
+
+
+@pytest.mark.parametrize("value", ['"lists.example.org"; dkim=pass', "lists.example.org\t1; dkim=pass",
+                                   "lists.example.org\t; dkim=pass"])
+def test_the_authserv_id_behind_quotes_or_tabs(value):
+    assert arc.authserv_id(value) == "lists.example.org"
