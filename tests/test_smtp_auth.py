@@ -114,6 +114,31 @@ def test_hash_password_writes_argon2id_that_checks():
     assert hash_password(PASSWORD) != stored  # a fresh salt each time
 
 
+def test_an_unknown_username_costs_what_a_hashed_password_costs(monkeypatch, tmp_path):
+    """verify() runs for every login; if an unknown username answered at once while a real account's
+    argon2id took tens of milliseconds, the 535's delay would tell which usernames exist."""
+    import time
+
+    from listkeeper.engine.submission import verify
+    from listkeeper.manifests.accounts import SmtpAccountSpec
+
+    secret = tmp_path / "alice.hash"
+    secret.write_text(hash_password(PASSWORD) + "\n")
+    known = SmtpAccountSpec.model_validate({"username": "alice@example.org", "password": {"file": str(secret)},
+                                            "addresses": ["alice@example.org"]})
+
+    def fastest(account) -> float:
+        times = []
+        for _ in range(3):
+            started = time.perf_counter()
+            assert verify(account, b"a guess") is False
+            times.append(time.perf_counter() - started)
+        return min(times)
+
+    hashed, unknown = fastest(known), fastest(None)
+    assert unknown >= 0.5 * hashed, (unknown, hashed)
+
+
 @pytest.mark.parametrize("stored, problem", [
     ("$6$rounds=5000$salt$abc", "unsupported password hash scheme '6'"),
     ("{SHA512-CRYPT}$6$salt$abc", "unsupported password hash scheme 'SHA512-CRYPT'"),

@@ -149,4 +149,6 @@ def check(stored: Stored, password: bytes) -> bool:
     return stored.matches(password)
 
 
-UNKNOWN_USER = _Plain(os.urandom(32))  # compared against when no account has the username: the same work
+# compared against when no account has the username: the work of a `hash-password` hash, so the time a
+# 535 takes does not tell an unknown username from an account's (which should hold such a hash)
+UNKNOWN_USER = _Argon2id(ARGON2_MEMORY_KIB, ARGON2_PASSES, ARGON2_LANES, os.urandom(16), os.urandom(32))
