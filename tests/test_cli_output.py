@@ -181,6 +181,7 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
     ("not a url", "Error: bad store URL 'not a url'"),
     ("postgresql+nosuch://u:s3cret@h/db", "Error: bad store URL 'postgresql+nosuch://u:***@h/db'"),
     ("mysql://u@h/db", "Error: bad store URL 'mysql://u@h/db': No module named"),
+    ("postgresql://u:s3cret@h:notaport/db", "Error: bad store URL 'postgresql://u:***@h:notaport/db'"),
     ("postgresql://postgres:s3cret@127.0.0.1:1/x", "Error: cannot open store postgresql://postgres:***@127.0.0.1:1/x"),
     ("sqlite:////proc/no/such/lk.db", "Error: cannot open store sqlite:////proc/no/such/lk.db: cannot create the "
                                       "folder"),
