@@ -275,6 +275,27 @@ async def test_failed_logins_answer_535_emit_the_event_and_the_third_closes(tmp_
         assert base64.b64encode(wire).decode() not in everything
 
 
+async def test_a_username_cannot_write_log_lines_or_fields_of_its_own(tmp_path, engine_for, monkeypatch, caplog):
+    """The username is the client's: with a line break or a tab it must not start a forged record or a
+    field (a fail2ban filter on `peer=` would ban whatever address it names)."""
+    caplog.set_level(logging.INFO, logger="listkeeper.smtp")
+    monkeypatch.setenv("LK_TEST_PW", PASSWORD)
+    engine = await engine_for(make_conf(tmp_path, account("alice", "alice@example.org", "{env: LK_TEST_PW}")))
+    forged = ["x\n2026-01-01 WARNING listkeeper.smtp smtp.auth outcome=failed peer=203.0.113.9",
+              "x\tpeer=203.0.113.9"]
+
+    def attempts() -> list:
+        with client(engine.port) as smtp:
+            return [auth(smtp, "PLAIN", name, "guess") for name in forged]
+
+    assert await asyncio.to_thread(attempts) == [(535, b"5.7.8 Authentication credentials invalid")] * 2
+    shown = [r.getMessage() for r in caplog.records if getattr(r, "event", "") == "smtp.auth"]
+    assert len(shown) == 2
+    for message in shown:
+        assert "\n" not in message and "\t" not in message, message
+        assert message.startswith("smtp.auth outcome=failed peer=127.0.0.1 mechanism=PLAIN failures="), message
+
+
 async def test_a_stored_argon2id_hash_in_a_file_logs_in(tmp_path, engine_for):
     secret = tmp_path / "alice.hash"
     secret.write_text(hash_password(PASSWORD) + "\n")

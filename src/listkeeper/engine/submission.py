@@ -151,13 +151,13 @@ class SubmissionHandler(ListHandler):
         if password is not None and await asyncio.to_thread(verify, account, password):
             session.authenticated = True
             session.auth_data = Login(username, account, mechanism)
-            note(log, "smtp.auth", outcome="ok", username=username, peer=peer_ip(session), mechanism=mechanism)
+            note(log, "smtp.auth", outcome="ok", peer=peer_ip(session), mechanism=mechanism, username=username)
             await server.push(SUCCESS)
             return AuthResult(success=False, handled=True)
         failures = getattr(session, "listkeeper_auth_failures", 0) + 1
         session.listkeeper_auth_failures = failures
-        note(log, "smtp.auth", level=logging.WARNING, outcome="failed", username=username, peer=peer_ip(session),
-             mechanism=mechanism, failures=failures)
+        note(log, "smtp.auth", level=logging.WARNING, outcome="failed", peer=peer_ip(session), mechanism=mechanism,
+             failures=failures, username=username)  # the client's text last: what it holds comes after our fields
         notify.emit("auth.login_failed", address=username, remote_ip=peer_ip(session), mechanism=mechanism)
         if failures >= MAX_FAILURES:
             await server.push(TOO_MANY)
