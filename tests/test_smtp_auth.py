@@ -311,6 +311,25 @@ async def test_a_stored_argon2id_hash_in_a_file_logs_in(tmp_path, engine_for):
                                                  (235, b"2.7.0 Authentication successful"), (250, b"OK")]
 
 
+async def test_a_password_secret_that_cannot_be_read_is_a_temporary_failure(tmp_path, engine_for):
+    """The operator's fault, not the client's: 454 (try later) rather than 535, which makes mail clients ask
+    their user for a new password, and no failed login counted or reported."""
+    secret = tmp_path / "alice.hash"
+    secret.write_text(hash_password(PASSWORD) + "\n")
+    engine = await engine_for(make_conf(tmp_path, account("alice", "alice@example.org", f"{{file: {secret}}}")))
+    moved = secret.rename(tmp_path / "alice.hash.moved")
+
+    def attempts() -> list:
+        with client(engine.port) as smtp:
+            replies = [auth(smtp, "PLAIN", "alice@example.org", PASSWORD) for _ in range(3)]
+            moved.rename(secret)
+            return replies + [auth(smtp, "PLAIN", "alice@example.org", PASSWORD)]
+
+    *broken, fixed = await asyncio.to_thread(attempts)
+    assert broken == [(454, b"4.7.0 Temporary authentication failure")] * 3
+    assert fixed == (235, b"2.7.0 Authentication successful")
+
+
 @pytest.fixture
 def certificate(tmp_path: Path) -> tuple[str, ssl.SSLContext]:
     ca = trustme.CA()

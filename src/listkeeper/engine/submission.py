@@ -33,6 +33,7 @@ NOT_OFFERED = "502 5.5.1 Authentication is not offered here"
 NEEDS_TLS = "538 5.7.11 Encryption required for requested authentication mechanism"
 SUCCESS = "235 2.7.0 Authentication successful"
 INVALID = "535 5.7.8 Authentication credentials invalid"
+UNAVAILABLE = "454 4.7.0 Temporary authentication failure"
 TOO_MANY = "421 4.7.0 Too many failed authentication attempts; closing the connection"
 
 
@@ -72,8 +73,9 @@ def sender_refusal(login: Login, mail_from: str) -> str | None:
     return f"553 5.7.1 <{mail_from}>: Sender address not owned by user {login.username}"
 
 
-def verify(account: SmtpAccountSpec | None, password: bytes) -> bool:
-    """Blocking (file read, key derivation): run in a thread. Unknown users cost a comparison too."""
+def verify(account: SmtpAccountSpec | None, password: bytes) -> bool | None:
+    """Blocking (file read, key derivation): run in a thread. Unknown users cost a comparison too.
+    None when the account's secret cannot be read or parsed: the server's trouble, not a wrong password."""
     if account is None:
         check(UNKNOWN_USER, password)
         return False
@@ -81,7 +83,7 @@ def verify(account: SmtpAccountSpec | None, password: bytes) -> bool:
         stored = load_password(account.password)
     except PasswordProblem as exc:  # says where the secret is, never what it holds
         log.warning("smtp.auth account=%s cannot be used: %s", account.username, exc)
-        return False
+        return None
     return check(stored, password)
 
 
@@ -148,7 +150,11 @@ class SubmissionHandler(ListHandler):
         session = server.session
         username = login.decode("utf-8", "replace").lower()[:254]
         account = self._snapshot(session).accounts.get(username)
-        if password is not None and await asyncio.to_thread(verify, account, password):
+        verdict = await asyncio.to_thread(verify, account, password) if password is not None else False
+        if verdict is None:  # RFC 4954 454: the client keeps its password and tries later; no failure counted
+            await server.push(UNAVAILABLE)
+            return AuthResult(success=False, handled=True)
+        if verdict:
             session.authenticated = True
             session.auth_data = Login(username, account, mechanism)
             note(log, "smtp.auth", outcome="ok", peer=peer_ip(session), mechanism=mechanism, username=username)
