@@ -311,6 +311,23 @@ async def test_a_stored_argon2id_hash_in_a_file_logs_in(tmp_path, engine_for):
                                                  (235, b"2.7.0 Authentication successful"), (250, b"OK")]
 
 
+async def test_auth_inside_a_mail_transaction_is_refused(tmp_path, engine_for, monkeypatch):
+    """RFC 4954 4: not after MAIL; otherwise a sender the account may not use would have been taken
+    before the login, unchecked, in a logged-in session."""
+    monkeypatch.setenv("LK_TEST_PW", PASSWORD)
+    engine = await engine_for(make_conf(tmp_path, account("alice", "alice@example.org", "{env: LK_TEST_PW}")))
+
+    def session() -> list:
+        with client(engine.port) as smtp:
+            return [smtp.mail("bob@example.net"), auth(smtp, "PLAIN", "alice@example.org", PASSWORD),
+                    smtp.rset(), auth(smtp, "PLAIN", "alice@example.org", PASSWORD), smtp.mail("bob@example.net")[0]]
+
+    mail, during, _, after, refused = await asyncio.to_thread(session)
+    assert mail[0] == 250
+    assert during == (503, b"5.5.1 AUTH is not permitted during a mail transaction")
+    assert after == (235, b"2.7.0 Authentication successful") and refused == 553
+
+
 async def test_a_password_secret_that_cannot_be_read_is_a_temporary_failure(tmp_path, engine_for):
     """The operator's fault, not the client's: 454 (try later) rather than 535, which makes mail clients ask
     their user for a new password, and no failed login counted or reported."""

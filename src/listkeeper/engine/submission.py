@@ -33,6 +33,7 @@ NOT_OFFERED = "502 5.5.1 Authentication is not offered here"
 NEEDS_TLS = "538 5.7.11 Encryption required for requested authentication mechanism"
 SUCCESS = "235 2.7.0 Authentication successful"
 INVALID = "535 5.7.8 Authentication credentials invalid"
+IN_TRANSACTION = "503 5.5.1 AUTH is not permitted during a mail transaction"  # RFC 4954 4
 UNAVAILABLE = "454 4.7.0 Temporary authentication failure"
 TOO_MANY = "421 4.7.0 Too many failed authentication attempts; closing the connection"
 
@@ -141,6 +142,8 @@ class SubmissionHandler(ListHandler):
 
     async def _refused(self, server: SMTP) -> bool:
         reply = self._refusal(server.session)
+        if reply is None and server.envelope is not None and server.envelope.mail_from is not None:
+            reply = IN_TRANSACTION  # the sender was taken unchecked; RSET first
         if reply is not None:
             await server.push(reply)
         return reply is not None
