@@ -304,3 +304,16 @@ async def test_a_from_domain_cannot_make_a_broken_chain_pass(tmp_path, keys, eng
                                    "lists.example.org\t; dkim=pass"])
 def test_the_authserv_id_behind_quotes_or_tabs(value):
     assert arc.authserv_id(value) == "lists.example.org"
+
+
+def test_results_with_a_quoted_value_are_sealed_and_verify(keys):
+    auth = InboundAuth((DkimCheck("permerror", "evil.test dmarc=pass", "s(", "AbC(d"),), "fail", None,
+                       "[x;arc=pass]", "none")
+    value = field_value(auth, "lists.example.org")
+    assert value == ('lists.example.org; dkim=permerror header.d="evil.test dmarc=pass" header.s="s(" header.b=AbCd; '
+                     'dmarc=fail header.from="[x;arc=pass]"; arc=none')
+    data = (f"Authentication-Results: {value}\r\n".encode() + b"From: a@strict.test\r\nSubject: q\r\n\r\nbody\r\n")
+    sealed = Signing().sign(data, "talk-bounces@example.org", snapshot_for(keys[1]), 1_700_000_000)
+    cv, results, reason = dkim.arc_verify(sealed, dnsfunc=dnsfunc_for(keys[3]))
+    assert cv == dkim.CV_Pass, reason
+    assert re.sub(rb"\s+", b" ", results[0]["aar-value"]).strip() == b"i=1; " + value.encode()
