@@ -17,6 +17,7 @@ from base64 import b64decode
 from dataclasses import dataclass
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session
+from cryptography.exceptions import UnsupportedAlgorithm
 
 from listkeeper import notify
 from listkeeper.logs import note
@@ -78,7 +79,10 @@ def verify(account: SmtpAccountSpec | None, password: bytes) -> bool | None:
     """Blocking (file read, key derivation): run in a thread. Unknown users cost a comparison too.
     None when the account's secret cannot be read or parsed: the server's trouble, not a wrong password."""
     if account is None:
-        check(UNKNOWN_USER, password)
+        try:
+            check(UNKNOWN_USER, password)
+        except UnsupportedAlgorithm:  # an OpenSSL without Argon2 (< 3.2): the answer is the same
+            pass
         return False
     try:
         stored = load_password(account.password)
