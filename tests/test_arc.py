@@ -317,3 +317,24 @@ def test_results_with_a_quoted_value_are_sealed_and_verify(keys):
     cv, results, reason = dkim.arc_verify(sealed, dnsfunc=dnsfunc_for(keys[3]))
     assert cv == dkim.CV_Pass, reason
     assert re.sub(rb"\s+", b" ", results[0]["aar-value"]).strip() == b"i=1; " + value.encode()
+
+
+def test_copies_that_differ_in_what_the_set_signs_get_sets_of_their_own(keys):
+    """One Signing (one Sealer) for every copy, as delivery has: a personal body, a changed To or a seven-bit
+    copy is a new set; only the per-recipient unsubscribe fields may differ under a reused one."""
+    signing, snapshot = Signing(), snapshot_for(keys[1])
+    head = OURS.replace(b"\n", b"\r\n") + b"From: a@strict.test\r\nTo: talk@example.org\r\nSubject: s\r\n"
+    copies_ = {
+        "base": head + b"List-Unsubscribe: <https://l.test/u/1>\r\n\r\nHello\r\n",
+        "other link": head + b"List-Unsubscribe: <https://l.test/u/2>\r\n\r\nHello\r\n",
+        "personal body": head + b"List-Unsubscribe: <https://l.test/u/3>\r\n\r\nHello Bob\r\n",
+        "other to": head.replace(b"To: talk", b"To: bob") + b"\r\nHello\r\n",
+    }
+    sets = {}
+    for name, data in copies_.items():
+        sealed = signing.sign(data, "talk-bounces@example.org", snapshot, 1_700_000_000)
+        cv, _, reason = dkim.arc_verify(sealed, dnsfunc=dnsfunc_for(keys[3]))
+        assert cv == dkim.CV_Pass, (name, reason)
+        sets[name] = re.search(rb"^ARC-Seal:.*?(?=^\S)", sealed, re.M | re.S).group(0)
+    assert sets["base"] == sets["other link"]
+    assert len({sets["base"], sets["personal body"], sets["other to"]}) == 3
