@@ -204,6 +204,18 @@ def test_validate_refuses_a_shared_username_and_an_unusable_hash(tmp_path):
     assert "not-a-supported-hash" not in result.stderr
 
 
+@pytest.mark.parametrize("password", ["$Tr0ub4dor$3", "{K1tten-Mitten}$x$y"])
+def test_a_password_that_looks_like_a_hash_is_refused_without_showing_it(tmp_path, password):
+    """The refusal names a scheme it knows ($6$, {SHA512-CRYPT}); a password of that shape is not echoed
+    into validate's output (CI logs) or the engine's log as if its first part were a scheme's name."""
+    write(tmp_path / "conf", "accounts.yaml", account("alice", "alice@example.org", "{env: LK_TEST_PW}"))
+    result = validate(tmp_path / "conf", {"LK_TEST_PW": password})
+    assert result.returncode == 1
+    assert "accounts.yaml:6:3: spec.password: environment variable LK_TEST_PW: it looks like a password hash " \
+           "of an unsupported scheme" in result.stderr, result.stderr
+    assert "Tr0ub4dor" not in result.stderr and "K1tten" not in result.stderr
+
+
 def test_the_plan_shows_the_account_with_its_password_sensitive(tmp_path):
     conf = make_conf(tmp_path, account("alice", "alice@example.org", "{env: LK_TEST_PW}"))
     env = {**os.environ, "LK_TEST_PW": "s3cret-value", "LISTKEEPER_STORE": f"sqlite:///{tmp_path}/lk.db"}
