@@ -338,3 +338,20 @@ def test_copies_that_differ_in_what_the_set_signs_get_sets_of_their_own(keys):
         sets[name] = re.search(rb"^ARC-Seal:.*?(?=^\S)", sealed, re.M | re.S).group(0)
     assert sets["base"] == sets["other link"]
     assert len({sets["base"], sets["personal body"], sets["other to"]}) == 3
+
+
+@pytest.mark.parametrize("authors", [b"From: Alice <alice@strict.test>, CEO <ceo@bank.test>\r\n",
+                                     b"From: Alice <alice@strict.test>\r\nFrom: CEO <ceo@bank.test>\r\n"])
+async def test_a_post_with_authors_of_two_domains_does_not_pass_dmarc(tmp_path, keys, engine_for, authors):
+    """DMARC (RFC 7489 6.6.1) has no verdict for a message from two domains: the signature of the first must
+    not make the list vouch (dmarc=pass, sealed) for a post that readers may see as from the second."""
+    engine = await engine_for(configure(tmp_path, keys))
+    data = (authors + b"To: talk@example.org\r\nSubject: Two authors\r\nDate: Mon, 1 Jan 2024 10:00:00 +0000\r\n"
+            b"Message-ID: <two@poster.test>\r\n\r\nHello list.\r\n")
+    signed = dkim.sign(data, b"sel", b"strict.test", keys[0], include_headers=[b"from", b"to", b"subject"]) + data
+    errors, reply = await send(engine.port, "alice@strict.test", "talk@example.org", signed)
+    assert errors == {}, reply
+    delivered = await wait_for(lambda: copies(tmp_path, "Two authors"))
+    ours = [v for v in field_values(delivered[0], "Authentication-Results") if v.startswith("lists.example.org")]
+    assert len(ours) == 1 and "header.d=strict.test" in ours[0], ours
+    assert "dmarc=permerror" in ours[0] and "dmarc=pass" not in ours[0], ours
