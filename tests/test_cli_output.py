@@ -246,3 +246,23 @@ def test_import_progress_goes_to_stderr_only(tmp_path, url):
     assert "importing into members" in barred.stderr and "300 rows" in barred.stderr
     quiet = run(url, "members", "import", "members", str(tmp_path / "roster.csv"))  # no terminal: no bar
     assert quiet.stderr == "" and quiet.stdout.strip().endswith("nothing changed (300 unchanged).")
+
+
+@pytest.mark.parametrize("cert, expected", [
+    ("/proc/self/mem", "Error: cannot read the TLS certificate /proc/self/mem (or its key): Input/output error"),
+    ("/dev/null", "Error: cannot use the TLS certificate /dev/null"),
+])
+def test_serve_says_a_certificate_it_cannot_read_is_the_trouble_not_the_port(tmp_path, cert, expected):
+    """A key file serve may not read (a root-only privkey.pem, say) must not read as 'cannot listen on
+    host:port', which sends the operator after the port."""
+    for folder in ("lists.d", "routes.d"):
+        (tmp_path / folder).mkdir()
+        for item in (REPO / folder).glob("*.yaml"):
+            (tmp_path / folder / item.name).write_text(item.read_text())
+    result = subprocess.run(CLI + ["serve", "--port", str(free_port()), "--no-http", "--tls-cert", cert],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=60,
+                            env={**os.environ, "LISTKEEPER_STORE": f"sqlite:///{tmp_path}/lk.db"})
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and errors[0].startswith(expected), result.stderr
+    assert "cannot listen" not in result.stderr
