@@ -139,6 +139,21 @@ def test_an_unknown_username_costs_what_a_hashed_password_costs(monkeypatch, tmp
     assert unknown >= 0.5 * hashed, (unknown, hashed)
 
 
+def test_the_hash_password_command_reads_one_line_of_stdin():
+    def run(data: bytes) -> subprocess.CompletedProcess:
+        return subprocess.run(CLI + ["hash-password"], input=data, capture_output=True, timeout=60)
+
+    made = run("café au lait\n".encode())
+    assert made.returncode == 0 and made.stderr == b""
+    stored = made.stdout.decode().strip()
+    assert stored.startswith("$argon2id$v=19$m=19456,t=2,p=1$") and check(parse(stored), "café au lait".encode())
+    for data, expected in [(b"\n", b"Error: an empty password cannot be hashed"),
+                           (b"caf\xe9\n", b"Error: the password is not UTF-8 text")]:
+        refused = run(data)
+        assert refused.returncode == 1 and refused.stderr.strip() == expected, refused.stderr
+        assert refused.stdout == b""
+
+
 @pytest.mark.parametrize("stored, problem", [
     ("$6$rounds=5000$salt$abc", "unsupported password hash scheme '6'"),
     ("{SHA512-CRYPT}$6$salt$abc", "unsupported password hash scheme 'SHA512-CRYPT'"),

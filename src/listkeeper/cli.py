@@ -277,7 +277,11 @@ def hash_password() -> None:
     if sys.stdin.isatty():
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
     else:
-        password = sys.stdin.readline().rstrip("\r\n")
+        line = sys.stdin.buffer.readline().rstrip(b"\r\n")
+        try:
+            password = line.decode("utf-8")
+        except UnicodeDecodeError:  # clients send their password's bytes, and hashes are made of UTF-8
+            raise click.ClickException("the password is not UTF-8 text") from None
     if not password:
         raise click.ClickException("an empty password cannot be hashed")
     click.echo(argon2id(password))
