@@ -107,6 +107,14 @@ def test_stored_passwords_check_the_password_and_nothing_else(stored):
     assert not check(parsed, b"Password") and not check(parsed, b"") and not check(parsed, b"password ")
 
 
+def test_a_password_from_an_environment_variable_that_is_not_utf8_checks_its_bytes(tmp_path):
+    """os.environ holds such bytes as surrogate escapes; the client sends the bytes themselves."""
+    value = os.fsdecode(b"caf\xe9")  # what os.environ holds for those bytes
+    write(tmp_path / "conf", "accounts.yaml", account("alice", "alice@example.org", "{env: LK_TEST_PW}"))
+    assert validate(tmp_path / "conf", {"LK_TEST_PW": value}).returncode == 0
+    assert check(parse(value), b"caf\xe9") and not check(parse(value), "café".encode())
+
+
 def test_hash_password_writes_argon2id_that_checks():
     stored = hash_password(PASSWORD)
     assert stored.startswith("$argon2id$v=19$m=19456,t=2,p=1$") and PASSWORD not in stored

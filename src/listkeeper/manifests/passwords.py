@@ -89,7 +89,7 @@ def _b64(text: str) -> bytes:
 def parse(value: str) -> Stored:
     """The stored form of a password: a supported hash, or the password itself."""
     if not _LOOKS_HASHED.match(value):
-        return _Plain(value.encode("utf-8"))
+        return _Plain(value.encode("utf-8", "surrogateescape"))  # an environment's non-UTF-8 bytes, as they are
     text = re.sub(r"^\{ARGON2ID\}", "", value, flags=re.IGNORECASE)
     try:
         if found := _ARGON2ID.match(text):
