@@ -22,7 +22,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from listkeeper import notify
 from listkeeper.logs import note
 from listkeeper.manifests.accounts import SmtpAccountSpec
-from listkeeper.manifests.passwords import UNKNOWN_USER, PasswordProblem, check, load_password
+from listkeeper.manifests.passwords import UNKNOWN_USER, PasswordProblem, check, is_hashed, load_password
 
 from .smtp import ListHandler
 
@@ -79,17 +79,25 @@ def verify(account: SmtpAccountSpec | None, password: bytes) -> bool | None:
     """Blocking (file read, key derivation): run in a thread. Unknown users cost a comparison too.
     None when the account's secret cannot be read or parsed: the server's trouble, not a wrong password."""
     if account is None:
-        try:
-            check(UNKNOWN_USER, password)
-        except UnsupportedAlgorithm:  # an OpenSSL without Argon2 (< 3.2): the answer is the same
-            pass
+        _decoy(password)
         return False
     try:
         stored = load_password(account.password)
     except PasswordProblem as exc:  # says where the secret is, never what it holds
         log.warning("smtp.auth account=%s cannot be used: %s", account.username, exc)
         return None
-    return check(stored, password)
+    matched = check(stored, password)
+    if not is_hashed(stored):  # a password kept as is compares in microseconds: take a hash's time too
+        _decoy(password)
+    return matched
+
+
+def _decoy(password: bytes) -> None:
+    """The work of checking a `hash-password` hash, so the time of an answer tells no username apart."""
+    try:
+        check(UNKNOWN_USER, password)
+    except UnsupportedAlgorithm:  # an OpenSSL without Argon2 (< 3.2): the answer is the same
+        pass
 
 
 class SubmissionHandler(ListHandler):

@@ -159,6 +159,11 @@ def check(stored: Stored, password: bytes) -> bool:
     return stored.matches(password)
 
 
+def is_hashed(stored: Stored) -> bool:
+    """Whether checking it derives a key (argon2id, scrypt), or only compares (the password itself)."""
+    return not isinstance(stored, _Plain)
+
+
 # compared against when no account has the username: the work of a `hash-password` hash, so the time a
 # 535 takes does not tell an unknown username from an account's (which should hold such a hash)
 UNKNOWN_USER = _Argon2id(ARGON2_MEMORY_KIB, ARGON2_PASSES, ARGON2_LANES, os.urandom(16), os.urandom(32))
