@@ -3,6 +3,7 @@ stderr, and one-line errors (no traceback) for an operator's mistakes. Real proc
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -266,3 +267,25 @@ def test_serve_says_a_certificate_it_cannot_read_is_the_trouble_not_the_port(tmp
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
     assert len(errors) == 1 and errors[0].startswith(expected), result.stderr
     assert "cannot listen" not in result.stderr
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_table_wider_than_the_terminal_keeps_every_column_and_every_address(monkeypatch):
+    """On an 80-column terminal rich shortened the address and dropped whole columns (receives, state)
+    of `members show`, without a word; the rules may go, the values may not."""
+    monkeypatch.setenv("COLUMNS", "80")
+    monkeypatch.setenv("LINES", "25")
+    out = _Terminal()
+    monkeypatch.setattr(sys, "stdout", out)
+    address = "a-very-long-address.with.parts@subdomain.example-organisation.org"
+    terminal.show(terminal.lines("1 receiving member(s) of 1:", terminal.table(
+        [Column("address"), Column("roles"), Column("receives"), Column("state"), Column("source")],
+        [(address, "member,moderator", "mime", "subscribed", "manifest:lists.d/x.yaml")], indent=2)))
+    shown = out.getvalue()
+    for text in (address, "member,moderator", "receives", "mime", "state", "subscribed", "manifest:lists.d/x.yaml"):
+        assert text in shown, shown
+    assert "…" not in shown
