@@ -87,6 +87,7 @@ def test_the_field_says_what_was_checked():
     (1, b"h; dkim=pass; arc=pass", b"pass"),
     (1, b"h; dkim=pass; arc=fail", b"fail"),
     (2, b"h; dkim=pass", b"fail"),  # a chain we did not see verify is not vouched for
+    (1, b'h; dmarc=fail header.from="[x;arc=pass]"; arc=fail', b"fail"),  # our own arc= is the last
 ])
 def test_the_chain_status_of_a_new_set(previous, results, expected):
     assert arc.chain_status(previous, results) == expected
@@ -279,3 +280,78 @@ async def test_a_key_the_name_server_cannot_give_is_a_temporary_error_and_the_po
         cv, results, reason = dkim.arc_verify(data, dnsfunc=dnsfunc_for(keys[3]))
         aar = re.sub(r"\s+", " ", results[0]["aar-value"].decode())
         assert cv == dkim.CV_Pass and "dkim=temperror header.d=strict.test" in aar and "dmarc=temperror" in aar, aar
+
+
+async def test_a_from_domain_cannot_make_a_broken_chain_pass(tmp_path, keys, engine_for):
+    """The From domain is copied into our results as header.from; one such as `[x;arc=pass]` (a domain
+    literal getaddresses keeps whole) must not pass for our verdict on the inbound chain."""
+    engine = await engine_for(configure(tmp_path, keys))
+    upstream = (b"Authentication-Results: fwd.forwarder.test; dkim=pass header.d=strict.test\r\n"
+                + post("Alice <alice@[x;arc=pass]>", "Literal"))
+    sealed = b"".join(dkim.arc_sign(upstream, b"fw", b"forwarder.test", keys[2], b"fwd.forwarder.test")) + upstream
+    sealed = sealed.replace(b"Hello list.", b"Hello LIST.")  # broken on the way
+    errors, reply = await send(engine.port, "alice@strict.test", "talk@example.org", sealed)
+    assert errors == {}, reply
+    delivered = await wait_for(lambda: len(copies(tmp_path, "Literal")) == 3 and copies(tmp_path, "Literal"))
+    for data in delivered:
+        assert re.search(r"^ARC-Seal: i=2; cv=fail;", data.decode(), re.M), [l for l in data.decode().splitlines() if "ARC-Seal" in l or "lists.example.org;" in l or "arc=" in l]
+        ours = [v for v in field_values(data, "Authentication-Results") if v.startswith("lists.example.org")]
+        assert len(ours) == 1 and ours[0].endswith("; arc=fail") and "header.from=[x;" not in ours[0], ours
+        assert dkim.arc_verify(data, dnsfunc=dnsfunc_for(keys[3]))[0] != dkim.CV_Pass
+
+
+@pytest.mark.parametrize("value", ['"lists.example.org"; dkim=pass', "lists.example.org\t1; dkim=pass",
+                                   "lists.example.org\t; dkim=pass"])
+def test_the_authserv_id_behind_quotes_or_tabs(value):
+    assert arc.authserv_id(value) == "lists.example.org"
+
+
+def test_results_with_a_quoted_value_are_sealed_and_verify(keys):
+    auth = InboundAuth((DkimCheck("permerror", "evil.test dmarc=pass", "s(", "AbC(d"),), "fail", None,
+                       "[x;arc=pass]", "none")
+    value = field_value(auth, "lists.example.org")
+    assert value == ('lists.example.org; dkim=permerror header.d="evil.test dmarc=pass" header.s="s(" header.b=AbCd; '
+                     'dmarc=fail header.from="[x;arc=pass]"; arc=none')
+    data = (f"Authentication-Results: {value}\r\n".encode() + b"From: a@strict.test\r\nSubject: q\r\n\r\nbody\r\n")
+    sealed = Signing().sign(data, "talk-bounces@example.org", snapshot_for(keys[1]), 1_700_000_000)
+    cv, results, reason = dkim.arc_verify(sealed, dnsfunc=dnsfunc_for(keys[3]))
+    assert cv == dkim.CV_Pass, reason
+    assert re.sub(rb"\s+", b" ", results[0]["aar-value"]).strip() == b"i=1; " + value.encode()
+
+
+def test_copies_that_differ_in_what_the_set_signs_get_sets_of_their_own(keys):
+    """One Signing (one Sealer) for every copy, as delivery has: a personal body, a changed To or a seven-bit
+    copy is a new set; only the per-recipient unsubscribe fields may differ under a reused one."""
+    signing, snapshot = Signing(), snapshot_for(keys[1])
+    head = OURS.replace(b"\n", b"\r\n") + b"From: a@strict.test\r\nTo: talk@example.org\r\nSubject: s\r\n"
+    copies_ = {
+        "base": head + b"List-Unsubscribe: <https://l.test/u/1>\r\n\r\nHello\r\n",
+        "other link": head + b"List-Unsubscribe: <https://l.test/u/2>\r\n\r\nHello\r\n",
+        "personal body": head + b"List-Unsubscribe: <https://l.test/u/3>\r\n\r\nHello Bob\r\n",
+        "other to": head.replace(b"To: talk", b"To: bob") + b"\r\nHello\r\n",
+    }
+    sets = {}
+    for name, data in copies_.items():
+        sealed = signing.sign(data, "talk-bounces@example.org", snapshot, 1_700_000_000)
+        cv, _, reason = dkim.arc_verify(sealed, dnsfunc=dnsfunc_for(keys[3]))
+        assert cv == dkim.CV_Pass, (name, reason)
+        sets[name] = re.search(rb"^ARC-Seal:.*?(?=^\S)", sealed, re.M | re.S).group(0)
+    assert sets["base"] == sets["other link"]
+    assert len({sets["base"], sets["personal body"], sets["other to"]}) == 3
+
+
+@pytest.mark.parametrize("authors", [b"From: Alice <alice@strict.test>, CEO <ceo@bank.test>\r\n",
+                                     b"From: Alice <alice@strict.test>\r\nFrom: CEO <ceo@bank.test>\r\n"])
+async def test_a_post_with_authors_of_two_domains_does_not_pass_dmarc(tmp_path, keys, engine_for, authors):
+    """DMARC (RFC 7489 6.6.1) has no verdict for a message from two domains: the signature of the first must
+    not make the list vouch (dmarc=pass, sealed) for a post that readers may see as from the second."""
+    engine = await engine_for(configure(tmp_path, keys))
+    data = (authors + b"To: talk@example.org\r\nSubject: Two authors\r\nDate: Mon, 1 Jan 2024 10:00:00 +0000\r\n"
+            b"Message-ID: <two@poster.test>\r\n\r\nHello list.\r\n")
+    signed = dkim.sign(data, b"sel", b"strict.test", keys[0], include_headers=[b"from", b"to", b"subject"]) + data
+    errors, reply = await send(engine.port, "alice@strict.test", "talk@example.org", signed)
+    assert errors == {}, reply
+    delivered = await wait_for(lambda: copies(tmp_path, "Two authors"))
+    ours = [v for v in field_values(delivered[0], "Authentication-Results") if v.startswith("lists.example.org")]
+    assert len(ours) == 1 and "header.d=strict.test" in ours[0], ours
+    assert "dmarc=permerror" in ours[0] and "dmarc=pass" not in ours[0], ours

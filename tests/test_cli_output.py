@@ -3,6 +3,7 @@ stderr, and one-line errors (no traceback) for an operator's mistakes. Real proc
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -181,6 +182,7 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
     ("not a url", "Error: bad store URL 'not a url'"),
     ("postgresql+nosuch://u:s3cret@h/db", "Error: bad store URL 'postgresql+nosuch://u:***@h/db'"),
     ("mysql://u@h/db", "Error: bad store URL 'mysql://u@h/db': No module named"),
+    ("postgresql://u:s3cret@h:notaport/db", "Error: bad store URL 'postgresql://u:***@h:notaport/db'"),
     ("postgresql://postgres:s3cret@127.0.0.1:1/x", "Error: cannot open store postgresql://postgres:***@127.0.0.1:1/x"),
     ("sqlite:////proc/no/such/lk.db", "Error: cannot open store sqlite:////proc/no/such/lk.db: cannot create the "
                                       "folder"),
@@ -245,3 +247,45 @@ def test_import_progress_goes_to_stderr_only(tmp_path, url):
     assert "importing into members" in barred.stderr and "300 rows" in barred.stderr
     quiet = run(url, "members", "import", "members", str(tmp_path / "roster.csv"))  # no terminal: no bar
     assert quiet.stderr == "" and quiet.stdout.strip().endswith("nothing changed (300 unchanged).")
+
+
+@pytest.mark.parametrize("cert, expected", [
+    ("/proc/self/mem", "Error: cannot read the TLS certificate /proc/self/mem (or its key): Input/output error"),
+    ("/dev/null", "Error: cannot use the TLS certificate /dev/null"),
+])
+def test_serve_says_a_certificate_it_cannot_read_is_the_trouble_not_the_port(tmp_path, cert, expected):
+    """A key file serve may not read (a root-only privkey.pem, say) must not read as 'cannot listen on
+    host:port', which sends the operator after the port."""
+    for folder in ("lists.d", "routes.d"):
+        (tmp_path / folder).mkdir()
+        for item in (REPO / folder).glob("*.yaml"):
+            (tmp_path / folder / item.name).write_text(item.read_text())
+    result = subprocess.run(CLI + ["serve", "--port", str(free_port()), "--no-http", "--tls-cert", cert],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=60,
+                            env={**os.environ, "LISTKEEPER_STORE": f"sqlite:///{tmp_path}/lk.db"})
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and errors[0].startswith(expected), result.stderr
+    assert "cannot listen" not in result.stderr
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_table_wider_than_the_terminal_keeps_every_column_and_every_address(monkeypatch):
+    """On an 80-column terminal rich shortened the address and dropped whole columns (receives, state)
+    of `members show`, without a word; the rules may go, the values may not."""
+    monkeypatch.setenv("COLUMNS", "80")
+    monkeypatch.setenv("LINES", "25")
+    out = _Terminal()
+    monkeypatch.setattr(sys, "stdout", out)
+    address = "a-very-long-address.with.parts@subdomain.example-organisation.org"
+    terminal.show(terminal.lines("1 receiving member(s) of 1:", terminal.table(
+        [Column("address"), Column("roles"), Column("receives"), Column("state"), Column("source")],
+        [(address, "member,moderator", "mime", "subscribed", "manifest:lists.d/x.yaml")], indent=2)))
+    shown = out.getvalue()
+    for text in (address, "member,moderator", "receives", "mime", "state", "subscribed", "manifest:lists.d/x.yaml"):
+        assert text in shown, shown
+    assert "…" not in shown

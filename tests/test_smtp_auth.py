@@ -107,11 +107,62 @@ def test_stored_passwords_check_the_password_and_nothing_else(stored):
     assert not check(parsed, b"Password") and not check(parsed, b"") and not check(parsed, b"password ")
 
 
+def test_a_password_from_an_environment_variable_that_is_not_utf8_checks_its_bytes(tmp_path):
+    """os.environ holds such bytes as surrogate escapes; the client sends the bytes themselves."""
+    value = os.fsdecode(b"caf\xe9")  # what os.environ holds for those bytes
+    write(tmp_path / "conf", "accounts.yaml", account("alice", "alice@example.org", "{env: LK_TEST_PW}"))
+    assert validate(tmp_path / "conf", {"LK_TEST_PW": value}).returncode == 0
+    assert check(parse(value), b"caf\xe9") and not check(parse(value), "café".encode())
+
+
 def test_hash_password_writes_argon2id_that_checks():
     stored = hash_password(PASSWORD)
     assert stored.startswith("$argon2id$v=19$m=19456,t=2,p=1$") and PASSWORD not in stored
     assert check(parse(stored), PASSWORD.encode()) and not check(parse(stored), b"wrong")
     assert hash_password(PASSWORD) != stored  # a fresh salt each time
+
+
+@pytest.mark.parametrize("stored", ["hash", "password"])
+def test_an_unknown_username_costs_what_a_known_one_costs(tmp_path, stored):
+    """verify() runs for every login; if an unknown username answered at once while a real account's
+    argon2id took tens of milliseconds (or the other way round, for an account holding its password
+    itself, as in the README), the 535's delay would tell which usernames exist."""
+    import time
+
+    from listkeeper.engine.submission import verify
+    from listkeeper.manifests.accounts import SmtpAccountSpec
+
+    secret = tmp_path / "alice.secret"
+    secret.write_text((hash_password(PASSWORD) if stored == "hash" else PASSWORD) + "\n")
+    known = SmtpAccountSpec.model_validate({"username": "alice@example.org", "password": {"file": str(secret)},
+                                            "addresses": ["alice@example.org"]})
+
+    def fastest(account) -> float:
+        times = []
+        for _ in range(3):
+            started = time.perf_counter()
+            assert verify(account, b"a guess") is False
+            times.append(time.perf_counter() - started)
+        return min(times)
+
+    account, unknown = fastest(known), fastest(None)
+    assert 0.5 * account <= unknown <= 2 * account, (unknown, account)
+    assert verify(known, PASSWORD.encode()) is True
+
+
+def test_the_hash_password_command_reads_one_line_of_stdin():
+    def run(data: bytes) -> subprocess.CompletedProcess:
+        return subprocess.run(CLI + ["hash-password"], input=data, capture_output=True, timeout=60)
+
+    made = run("café au lait\n".encode())
+    assert made.returncode == 0 and made.stderr == b""
+    stored = made.stdout.decode().strip()
+    assert stored.startswith("$argon2id$v=19$m=19456,t=2,p=1$") and check(parse(stored), "café au lait".encode())
+    for data, expected in [(b"\n", b"Error: an empty password cannot be hashed"),
+                           (b"caf\xe9\n", b"Error: the password is not UTF-8 text")]:
+        refused = run(data)
+        assert refused.returncode == 1 and refused.stderr.strip() == expected, refused.stderr
+        assert refused.stdout == b""
 
 
 @pytest.mark.parametrize("stored, problem", [
@@ -177,6 +228,18 @@ def test_validate_refuses_a_shared_username_and_an_unusable_hash(tmp_path):
     assert f"accounts.yaml:14:3: spec.password: file {secret}: unsupported password hash scheme '6'" \
         in result.stderr
     assert "not-a-supported-hash" not in result.stderr
+
+
+@pytest.mark.parametrize("password", ["$Tr0ub4dor$3", "{K1tten-Mitten}$x$y"])
+def test_a_password_that_looks_like_a_hash_is_refused_without_showing_it(tmp_path, password):
+    """The refusal names a scheme it knows ($6$, {SHA512-CRYPT}); a password of that shape is not echoed
+    into validate's output (CI logs) or the engine's log as if its first part were a scheme's name."""
+    write(tmp_path / "conf", "accounts.yaml", account("alice", "alice@example.org", "{env: LK_TEST_PW}"))
+    result = validate(tmp_path / "conf", {"LK_TEST_PW": password})
+    assert result.returncode == 1
+    assert "accounts.yaml:6:3: spec.password: environment variable LK_TEST_PW: it looks like a password hash " \
+           "of an unsupported scheme" in result.stderr, result.stderr
+    assert "Tr0ub4dor" not in result.stderr and "K1tten" not in result.stderr
 
 
 def test_the_plan_shows_the_account_with_its_password_sensitive(tmp_path):
@@ -250,6 +313,27 @@ async def test_failed_logins_answer_535_emit_the_event_and_the_third_closes(tmp_
         assert base64.b64encode(wire).decode() not in everything
 
 
+async def test_a_username_cannot_write_log_lines_or_fields_of_its_own(tmp_path, engine_for, monkeypatch, caplog):
+    """The username is the client's: with a line break or a tab it must not start a forged record or a
+    field (a fail2ban filter on `peer=` would ban whatever address it names)."""
+    caplog.set_level(logging.INFO, logger="listkeeper.smtp")
+    monkeypatch.setenv("LK_TEST_PW", PASSWORD)
+    engine = await engine_for(make_conf(tmp_path, account("alice", "alice@example.org", "{env: LK_TEST_PW}")))
+    forged = ["x\n2026-01-01 WARNING listkeeper.smtp smtp.auth outcome=failed peer=203.0.113.9",
+              "x\tpeer=203.0.113.9"]
+
+    def attempts() -> list:
+        with client(engine.port) as smtp:
+            return [auth(smtp, "PLAIN", name, "guess") for name in forged]
+
+    assert await asyncio.to_thread(attempts) == [(535, b"5.7.8 Authentication credentials invalid")] * 2
+    shown = [r.getMessage() for r in caplog.records if getattr(r, "event", "") == "smtp.auth"]
+    assert len(shown) == 2
+    for message in shown:
+        assert "\n" not in message and "\t" not in message, message
+        assert message.startswith("smtp.auth outcome=failed peer=127.0.0.1 mechanism=PLAIN failures="), message
+
+
 async def test_a_stored_argon2id_hash_in_a_file_logs_in(tmp_path, engine_for):
     secret = tmp_path / "alice.hash"
     secret.write_text(hash_password(PASSWORD) + "\n")
@@ -263,6 +347,42 @@ async def test_a_stored_argon2id_hash_in_a_file_logs_in(tmp_path, engine_for):
 
     assert await asyncio.to_thread(attempts) == [(535, b"5.7.8 Authentication credentials invalid"),
                                                  (235, b"2.7.0 Authentication successful"), (250, b"OK")]
+
+
+async def test_auth_inside_a_mail_transaction_is_refused(tmp_path, engine_for, monkeypatch):
+    """RFC 4954 4: not after MAIL; otherwise a sender the account may not use would have been taken
+    before the login, unchecked, in a logged-in session."""
+    monkeypatch.setenv("LK_TEST_PW", PASSWORD)
+    engine = await engine_for(make_conf(tmp_path, account("alice", "alice@example.org", "{env: LK_TEST_PW}")))
+
+    def session() -> list:
+        with client(engine.port) as smtp:
+            return [smtp.mail("bob@example.net"), auth(smtp, "PLAIN", "alice@example.org", PASSWORD),
+                    smtp.rset(), auth(smtp, "PLAIN", "alice@example.org", PASSWORD), smtp.mail("bob@example.net")[0]]
+
+    mail, during, _, after, refused = await asyncio.to_thread(session)
+    assert mail[0] == 250
+    assert during == (503, b"5.5.1 AUTH is not permitted during a mail transaction")
+    assert after == (235, b"2.7.0 Authentication successful") and refused == 553
+
+
+async def test_a_password_secret_that_cannot_be_read_is_a_temporary_failure(tmp_path, engine_for):
+    """The operator's fault, not the client's: 454 (try later) rather than 535, which makes mail clients ask
+    their user for a new password, and no failed login counted or reported."""
+    secret = tmp_path / "alice.hash"
+    secret.write_text(hash_password(PASSWORD) + "\n")
+    engine = await engine_for(make_conf(tmp_path, account("alice", "alice@example.org", f"{{file: {secret}}}")))
+    moved = secret.rename(tmp_path / "alice.hash.moved")
+
+    def attempts() -> list:
+        with client(engine.port) as smtp:
+            replies = [auth(smtp, "PLAIN", "alice@example.org", PASSWORD) for _ in range(3)]
+            moved.rename(secret)
+            return replies + [auth(smtp, "PLAIN", "alice@example.org", PASSWORD)]
+
+    *broken, fixed = await asyncio.to_thread(attempts)
+    assert broken == [(454, b"4.7.0 Temporary authentication failure")] * 3
+    assert fixed == (235, b"2.7.0 Authentication successful")
 
 
 @pytest.fixture

@@ -201,7 +201,7 @@ def serve(paths, store_url, host, port, prune, log_level, log_format, use_uvloop
     """Reconcile, then accept SMTP, deliver and serve one-click unsubscribe. Changes to PATHS (or
     SIGHUP) are validated and reconciled while running; an invalid change is refused, with its errors."""
     from listkeeper.engine.reload import ReloadOptions, node_name
-    from listkeeper.engine.server import ServeOptions, serve_forever
+    from listkeeper.engine.server import CertificateUnreadable, ServeOptions, serve_forever
     from listkeeper.engine.web import WebListenError
     from listkeeper.logs import configure, note
     from listkeeper.reconcile import reconcile as reconcile_store
@@ -258,6 +258,8 @@ def serve(paths, store_url, host, port, prune, log_level, log_format, use_uvloop
         run(serve_forever(store, options, ready))
     except WebListenError as exc:
         raise click.ClickException(exc.strerror) from None
+    except CertificateUnreadable as exc:
+        raise click.ClickException(str(exc)) from None
     except ssl.SSLError as exc:
         raise click.ClickException(f"cannot use the TLS certificate {tls_cert} (a PEM chain, its key in it or in "
                                    f"--tls-key): {exc}") from None
@@ -275,7 +277,11 @@ def hash_password() -> None:
     if sys.stdin.isatty():
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
     else:
-        password = sys.stdin.readline().rstrip("\r\n")
+        line = sys.stdin.buffer.readline().rstrip(b"\r\n")
+        try:
+            password = line.decode("utf-8")
+        except UnicodeDecodeError:  # clients send their password's bytes, and hashes are made of UTF-8
+            raise click.ClickException("the password is not UTF-8 text") from None
     if not password:
         raise click.ClickException("an empty password cannot be hashed")
     click.echo(argon2id(password))

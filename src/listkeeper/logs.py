@@ -33,7 +33,9 @@ def _shown(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3f}"
     text = str(value)
-    return repr(text) if (" " in text or not text) else text
+    # quoted when it has white space of any kind or a control character: a value (an SMTP login name, say)
+    # must not end its field or its line
+    return repr(text) if (not text or not text.isprintable() or any(c.isspace() for c in text)) else text
 
 
 def note(logger: logging.Logger, event: str, /, *, level: int = logging.INFO, text: str = "",

@@ -74,7 +74,11 @@ def show(renderable: RenderableType) -> None:
     """Print to stdout: drawn on a terminal, plain otherwise."""
     if sys.stdout.isatty():
         from rich.console import Console
-        Console(highlight=False).print(renderable)
+        console = Console(highlight=False)
+        needed = console.measure(renderable, options=console.options.update_width(PLAIN_WIDTH)).maximum
+        if needed > console.width:  # rich would shorten values and drop columns: let the terminal wrap instead
+            console = Console(highlight=False, width=needed)
+        console.print(renderable)
     else:
         sys.stdout.write(plain(renderable) + "\n")
         sys.stdout.flush()

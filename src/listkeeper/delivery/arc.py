@@ -52,8 +52,8 @@ _ARC_RESULT = re.compile(r"(?:^|;)\s*arc\s*=\s*(\w+)", re.I)
 
 def authserv_id(value: str) -> str:
     """The authserv-id an Authentication-Results value starts with, lower case ('' when there is none)."""
-    text = _COMMENT.sub(" ", value)
-    return text.split(";", 1)[0].strip().split(" ")[0].strip().lower()
+    words = _COMMENT.sub(" ", value).split(";", 1)[0].split()  # any white space, tabs too, ends it
+    return words[0].strip('"').lower() if words else ""  # a quoted-string names the same id
 
 
 def _unfolded(value: bytes) -> bytes:
@@ -81,8 +81,8 @@ def chain_status(previous: int, results: bytes) -> bytes:
     """cv= of the new set: none for the first; pass only when our results say the chain verified."""
     if previous == 0:
         return b"none"
-    found = _ARC_RESULT.search(results.decode("utf-8", "replace").split(";", 1)[-1])
-    return b"pass" if found and found.group(1).lower() == "pass" else b"fail"
+    found = _ARC_RESULT.findall(results.decode("utf-8", "replace").split(";", 1)[-1])
+    return b"pass" if found and found[-1].lower() == "pass" else b"fail"  # ours is last (field_value)
 
 
 def seal(fields: list, body: bytes, eol: bytes, key, ours: frozenset[str], now: float) -> bytes:

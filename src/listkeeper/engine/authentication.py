@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from email.utils import getaddresses
 
 import dkim
 import dns.rdatatype
@@ -72,6 +73,8 @@ class Authenticator:
         checks, chain = await asyncio.to_thread(_verify, data, signatures, bool(arc_sets), keys)
         if author is None:
             dmarc, policy = "none", None
+        elif _several_authors(message):  # RFC 7489 6.6.1: no verdict the first author's signature could earn
+            dmarc, policy = "permerror", None
         elif isinstance(record, Failure):
             dmarc, policy = "temperror", None
         else:
@@ -105,6 +108,13 @@ class Authenticator:
             return texts[0] if texts else None
 
         return dict(zip(names, await asyncio.gather(*(one(n) for n in names))))
+
+
+def _several_authors(message: RawMessage) -> bool:
+    """More than one From field, or From addresses in more than one domain."""
+    fields = message.get_all("from")
+    domains = {addr.rpartition("@")[2].strip().lower() for _, addr in getaddresses(fields) if "@" in addr}
+    return len(fields) > 1 or len(domains) > 1
 
 
 def _verify(data: bytes, signatures: list[dict[bytes, bytes]], arc_present: bool,

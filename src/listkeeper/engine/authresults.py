@@ -101,18 +101,27 @@ def field_value(auth: InboundAuth, server_id: str) -> str:
     """`host; dkim=pass header.d=... header.s=... header.b=...; dmarc=...; arc=...` (RFC 8601 2.2)."""
     parts = [server_id]
     for check in auth.dkim:
-        part = f"dkim={check.result} header.d={check.domain} header.s={check.selector}"
-        parts.append(part + (f" header.b={check.b}" if check.b else ""))
+        part = f"dkim={check.result} header.d={_pvalue(check.domain)} header.s={_pvalue(check.selector)}"
+        b = re.sub(r"[^A-Za-z0-9+/=]", "", check.b)
+        parts.append(part + (f" header.b={b}" if b else ""))
     if not auth.dkim:
         parts.append("dkim=none")
     dmarc = f"dmarc={auth.dmarc}"
     if auth.policy:
         dmarc += f" (p={auth.policy})"
     if auth.from_domain:
-        dmarc += f" header.from={auth.from_domain}"
+        dmarc += f" header.from={_pvalue(auth.from_domain)}"
     parts.append(dmarc)
     parts.append(f"arc={auth.arc}")
     return "; ".join(parts)
+
+
+def _pvalue(text: str) -> str:
+    """A value the poster chose (a signature's d= or s=, the From domain) as one property value: a
+    quoted-string unless it is a plain name, so `;`, `=`, `(` or spaces in it cannot add or hide results."""
+    if re.fullmatch(r"[A-Za-z0-9._-]+", text):
+        return text
+    return '"' + re.sub(r'(["\\])', r"\\\1", re.sub(r"[\x00-\x1f\x7f]", "", text)) + '"'
 
 
 def stamped(message: RawMessage, auth: InboundAuth, server_id: str) -> RawMessage:

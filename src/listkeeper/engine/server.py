@@ -230,8 +230,19 @@ def listener_tls(options: ServeOptions) -> ssl.SSLContext | None:
     if options.tls_cert is None:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(options.tls_cert, options.tls_key)
+    try:
+        context.load_cert_chain(options.tls_cert, options.tls_key)
+    except ssl.SSLError:
+        raise
+    except OSError as exc:  # not readable: said as such, never as an address that cannot be listened on
+        raise CertificateUnreadable(f"cannot read the TLS certificate {options.tls_cert}"
+                                    f"{' or its key ' + options.tls_key if options.tls_key else ' (or its key)'}: "
+                                    f"{exc.strerror or exc}") from None
     return context
+
+
+class CertificateUnreadable(Exception):
+    """The listener's certificate or key file cannot be read (permissions, I/O)."""
 
 
 async def start_engine(store: Store, options: ServeOptions) -> Engine:

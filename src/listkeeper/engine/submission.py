@@ -17,11 +17,12 @@ from base64 import b64decode
 from dataclasses import dataclass
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session
+from cryptography.exceptions import UnsupportedAlgorithm
 
 from listkeeper import notify
 from listkeeper.logs import note
 from listkeeper.manifests.accounts import SmtpAccountSpec
-from listkeeper.manifests.passwords import UNKNOWN_USER, PasswordProblem, check, load_password
+from listkeeper.manifests.passwords import UNKNOWN_USER, PasswordProblem, check, is_hashed, load_password
 
 from .smtp import ListHandler
 
@@ -33,6 +34,8 @@ NOT_OFFERED = "502 5.5.1 Authentication is not offered here"
 NEEDS_TLS = "538 5.7.11 Encryption required for requested authentication mechanism"
 SUCCESS = "235 2.7.0 Authentication successful"
 INVALID = "535 5.7.8 Authentication credentials invalid"
+IN_TRANSACTION = "503 5.5.1 AUTH is not permitted during a mail transaction"  # RFC 4954 4
+UNAVAILABLE = "454 4.7.0 Temporary authentication failure"
 TOO_MANY = "421 4.7.0 Too many failed authentication attempts; closing the connection"
 
 
@@ -72,17 +75,29 @@ def sender_refusal(login: Login, mail_from: str) -> str | None:
     return f"553 5.7.1 <{mail_from}>: Sender address not owned by user {login.username}"
 
 
-def verify(account: SmtpAccountSpec | None, password: bytes) -> bool:
-    """Blocking (file read, key derivation): run in a thread. Unknown users cost a comparison too."""
+def verify(account: SmtpAccountSpec | None, password: bytes) -> bool | None:
+    """Blocking (file read, key derivation): run in a thread. Unknown users cost a comparison too.
+    None when the account's secret cannot be read or parsed: the server's trouble, not a wrong password."""
     if account is None:
-        check(UNKNOWN_USER, password)
+        _decoy(password)
         return False
     try:
         stored = load_password(account.password)
     except PasswordProblem as exc:  # says where the secret is, never what it holds
         log.warning("smtp.auth account=%s cannot be used: %s", account.username, exc)
-        return False
-    return check(stored, password)
+        return None
+    matched = check(stored, password)
+    if not is_hashed(stored):  # a password kept as is compares in microseconds: take a hash's time too
+        _decoy(password)
+    return matched
+
+
+def _decoy(password: bytes) -> None:
+    """The work of checking a `hash-password` hash, so the time of an answer tells no username apart."""
+    try:
+        check(UNKNOWN_USER, password)
+    except UnsupportedAlgorithm:  # an OpenSSL without Argon2 (< 3.2): the answer is the same
+        pass
 
 
 class SubmissionHandler(ListHandler):
@@ -139,6 +154,8 @@ class SubmissionHandler(ListHandler):
 
     async def _refused(self, server: SMTP) -> bool:
         reply = self._refusal(server.session)
+        if reply is None and server.envelope is not None and server.envelope.mail_from is not None:
+            reply = IN_TRANSACTION  # the sender was taken unchecked; RSET first
         if reply is not None:
             await server.push(reply)
         return reply is not None
@@ -148,16 +165,20 @@ class SubmissionHandler(ListHandler):
         session = server.session
         username = login.decode("utf-8", "replace").lower()[:254]
         account = self._snapshot(session).accounts.get(username)
-        if password is not None and await asyncio.to_thread(verify, account, password):
+        verdict = await asyncio.to_thread(verify, account, password) if password is not None else False
+        if verdict is None:  # RFC 4954 454: the client keeps its password and tries later; no failure counted
+            await server.push(UNAVAILABLE)
+            return AuthResult(success=False, handled=True)
+        if verdict:
             session.authenticated = True
             session.auth_data = Login(username, account, mechanism)
-            note(log, "smtp.auth", outcome="ok", username=username, peer=peer_ip(session), mechanism=mechanism)
+            note(log, "smtp.auth", outcome="ok", peer=peer_ip(session), mechanism=mechanism, username=username)
             await server.push(SUCCESS)
             return AuthResult(success=False, handled=True)
         failures = getattr(session, "listkeeper_auth_failures", 0) + 1
         session.listkeeper_auth_failures = failures
-        note(log, "smtp.auth", level=logging.WARNING, outcome="failed", username=username, peer=peer_ip(session),
-             mechanism=mechanism, failures=failures)
+        note(log, "smtp.auth", level=logging.WARNING, outcome="failed", peer=peer_ip(session), mechanism=mechanism,
+             failures=failures, username=username)  # the client's text last: what it holds comes after our fields
         notify.emit("auth.login_failed", address=username, remote_ip=peer_ip(session), mechanism=mechanism)
         if failures >= MAX_FAILURES:
             await server.push(TOO_MANY)

@@ -27,6 +27,13 @@ _LOOKS_HASHED = re.compile(r"^(\{[A-Za-z0-9._-]+\})?\$[A-Za-z0-9-]+\$")
 _ARGON2ID = re.compile(r"^\$argon2id\$v=19\$m=(\d+),t=(\d+),p=(\d+)\$([A-Za-z0-9+/]+)\$([A-Za-z0-9+/]+)$")
 _SCRYPT = re.compile(r"^\$scrypt\$ln=(\d+),r=(\d+),p=(\d+)\$([A-Za-z0-9./+]+)\$([A-Za-z0-9./+]+)$")
 SCHEMES = ("argon2id", "scrypt")
+# hash schemes an error may name (crypt ids, passlib and Dovecot names); anything else may be a password's text
+_KNOWN_SCHEMES = frozenset({
+    "1", "2", "2a", "2b", "2x", "2y", "3", "5", "6", "7", "y", "gy", "md5", "apr1", "sha1", "argon2i", "argon2d",
+    "bcrypt", "bcrypt-sha256", "pbkdf2", "pbkdf2-sha1", "pbkdf2-sha256", "pbkdf2-sha512", "scram", "sm3",
+    "sha512-crypt", "sha256-crypt", "blf-crypt", "md5-crypt", "crypt", "ssha", "ssha256", "ssha512", "sha",
+    "sha256", "sha512", "smd5", "plain-md5", "ldap-md5", "cram-md5", "digest-md5", "scram-sha-1", "scram-sha-256",
+})
 # what `listkeeper hash-password` uses: OWASP's argon2id minimum (19 MiB, 2 passes); about 30 ms
 ARGON2_MEMORY_KIB, ARGON2_PASSES, ARGON2_LANES = 19456, 2, 1
 
@@ -82,7 +89,7 @@ def _b64(text: str) -> bytes:
 def parse(value: str) -> Stored:
     """The stored form of a password: a supported hash, or the password itself."""
     if not _LOOKS_HASHED.match(value):
-        return _Plain(value.encode("utf-8"))
+        return _Plain(value.encode("utf-8", "surrogateescape"))  # an environment's non-UTF-8 bytes, as they are
     text = re.sub(r"^\{ARGON2ID\}", "", value, flags=re.IGNORECASE)
     try:
         if found := _ARGON2ID.match(text):
@@ -105,8 +112,11 @@ def parse(value: str) -> Stored:
     scheme = text.split("$")[1] if text.startswith("$") else text[1:].partition("}")[0]
     if scheme in SCHEMES:
         raise PasswordProblem(f"the {scheme} hash is not in the expected format")
-    raise PasswordProblem(f"unsupported password hash scheme {scheme!r}; use {' or '.join(SCHEMES)} "
-                          "(listkeeper hash-password), or the password itself")
+    advice = f"use {' or '.join(SCHEMES)} (listkeeper hash-password), or the password itself"
+    if scheme.lower() not in _KNOWN_SCHEMES:  # a password of that shape: its first part is not to be shown
+        raise PasswordProblem(f"it looks like a password hash of an unsupported scheme ($NAME$... or "
+                              f"{{NAME}}$...); {advice}")
+    raise PasswordProblem(f"unsupported password hash scheme {scheme!r}; {advice}")
 
 
 def load_password(secret: SecretRef) -> Stored:
@@ -149,4 +159,11 @@ def check(stored: Stored, password: bytes) -> bool:
     return stored.matches(password)
 
 
-UNKNOWN_USER = _Plain(os.urandom(32))  # compared against when no account has the username: the same work
+def is_hashed(stored: Stored) -> bool:
+    """Whether checking it derives a key (argon2id, scrypt), or only compares (the password itself)."""
+    return not isinstance(stored, _Plain)
+
+
+# compared against when no account has the username: the work of a `hash-password` hash, so the time a
+# 535 takes does not tell an unknown username from an account's (which should hold such a hash)
+UNKNOWN_USER = _Argon2id(ARGON2_MEMORY_KIB, ARGON2_PASSES, ARGON2_LANES, os.urandom(16), os.urandom(32))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from alembic import command
@@ -29,14 +30,14 @@ def _shown(url: str) -> str:
     """The URL as errors show it: never with its password."""
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return url
+    except (ArgumentError, ValueError):  # e.g. a port that is not a number: hide what looks like a password
+        return re.sub(r"(://[^/:@]*:)[^@/]*@", r"\1***@", url)
 
 
 def create_store_engine(url: str) -> Engine:
     try:
         engine = create_engine(url, future=True)
-    except (ArgumentError, ImportError) as exc:
+    except (ArgumentError, ImportError, ValueError) as exc:  # ValueError: a port that is not a number
         raise StoreError(f"bad store URL {_shown(url)!r}: {exc}") from None
     if engine.dialect.name == "sqlite":
         database = engine.url.database
