@@ -426,3 +426,16 @@ async def test_without_accounts_auth_is_not_offered_even_over_tls(tmp_path, engi
             return smtp.has_extn("auth"), smtp.docmd("AUTH", "PLAIN")
 
     assert await asyncio.to_thread(session) == (False, (502, b"5.5.1 Authentication is not offered here"))
+
+
+def test_serve_refuses_a_key_without_its_certificate(tmp_path):
+    """--tls-key alone would be ignored silently; serve says what is missing and stops before anything starts."""
+    from click.testing import CliRunner
+
+    from listkeeper.cli import main
+    key = tmp_path / "key.pem"
+    key.write_text("not used")
+    result = CliRunner().invoke(main, ["serve", "--tls-key", str(key), "--store", f"sqlite:///{tmp_path}/s.db"])
+    assert result.exit_code == 2
+    assert "--tls-key needs --tls-cert" in result.output
+    assert not (tmp_path / "s.db").exists()

@@ -206,6 +206,8 @@ def serve(paths, store_url, host, port, prune, log_level, log_format, use_uvloop
     from listkeeper.logs import configure, note
     from listkeeper.reconcile import reconcile as reconcile_store
     from listkeeper.store.config import LockTimeout
+    if tls_key is not None and tls_cert is None:
+        raise click.UsageError("--tls-key needs --tls-cert (the certificate the key belongs to)")
     configure(log_level, log_format)
     serve_log = logging.getLogger("listkeeper.serve")
 
@@ -217,6 +219,9 @@ def serve(paths, store_url, host, port, prune, log_level, log_format, use_uvloop
             click.echo(text, err=True)
 
     manifests = _load(paths)
+    if plaintext_auth == "never" and tls_cert is None and manifests.of_kind("SmtpAccount"):
+        say("SMTP AUTH will not be offered: --plaintext-auth never and no --tls-cert for STARTTLS",
+            "serve.auth_unavailable")
     store = _open_store(store_url)
     try:
         generation = reconcile_store(manifests, store, prune,
