@@ -51,7 +51,7 @@ def recipients(count: int, domains: int) -> list[str]:
     return [f"user{i}@d{i % domains}.example" for i in range(count)]
 
 
-def dkim_key(root: Path) -> str:
+def dkim_key(root: Path, arc: bool = False) -> str:
     """A fresh 2048-bit key for the Domain's `dkim:` block, as operators are told to make one."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
@@ -59,14 +59,24 @@ def dkim_key(root: Path) -> str:
     path = root / "dkim.pem"
     path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                        serialization.NoEncryption()))
-    return f", dkim: {{selector: bench, key: {{file: {path}}}}}"
+    sealing = ", arc: true" if arc else ""
+    return f", dkim: {{selector: bench, key: {{file: {path}}}{sealing}}}"
+
+
+def closed_udp_port() -> int:
+    """Where --arc's inbound lookups go: nobody answers, at once (the post is still stamped and sealed)."""
+    import socket
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def write_config(root: Path, count: int, domains: int, sink_port: int, connections: int,
-                 dkim: bool = False) -> None:
+                 dkim: bool = False, arc: bool = False) -> None:
     (root / "lists.d").mkdir(parents=True)
     (root / "routes.d").mkdir()
-    signing = dkim_key(root) if dkim else ""
+    signing = dkim_key(root, arc) if dkim or arc else ""
+    dns = f"  dns: {{nameservers: [{{address: 127.0.0.1, port: {closed_udp_port()}}}], timeout: 1s}}\n" if arc else ""
     with open(root / "lists.d" / "big.yaml", "w") as fh:
         fh.write("apiVersion: listkeeper/v1\nkind: Domain\nmetadata: {name: example-org}\n"
                  "spec: {domain: example.org, hostname: lists.example.org, postmaster: postmaster@example.org"
@@ -94,7 +104,7 @@ spec:
     max_connections: {connections}
     per_destination: {connections}
     messages_per_connection: 10000
-""")
+""" + dns)
 
 
 BODY = ("From: chair@example.org\r\nTo: big@example.org\r\nSubject: Bench\r\nMessage-ID: <bench@example.org>\r\n\r\n"
@@ -167,6 +177,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=10)
     parser.add_argument("--uvloop", action="store_true", help="run the engine and the baseline on uvloop")
     parser.add_argument("--dkim", action="store_true", help="the engine DKIM-signs every copy (2048-bit key)")
+    parser.add_argument("--arc", action="store_true", help="and ARC-seals every copy (implies --dkim)")
     args = parser.parse_args()
     if args.full:
         args.recipients = 100_000
@@ -175,7 +186,7 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory(prefix="lk-bench-deliver-") as tmp:
             root = Path(tmp)
-            write_config(root, args.recipients, args.domains, port, args.connections, args.dkim)
+            write_config(root, args.recipients, args.domains, port, args.connections, args.dkim, args.arc)
             if args.uvloop:
                 import uvloop
                 base = uvloop.run(baseline(port, args.recipients, args.domains, args.connections))
@@ -186,7 +197,7 @@ def main() -> None:
         sink.terminate()
         sink.wait(timeout=10)
     loop = "uvloop" if args.uvloop else "asyncio"
-    signed = ", DKIM-signed" if args.dkim else ""
+    signed = ", DKIM-signed and ARC-sealed" if args.arc else ", DKIM-signed" if args.dkim else ""
     print(f"{args.recipients} recipients over {args.domains} domains, {args.connections} connections, {loop}{signed}")
     print(f"{'sender':<44}{'msgs/s':>10}")
     print(f"{'listkeeper (post → store → scheduler → relay)':<44}{rate:>10.0f}")
@@ -195,7 +206,8 @@ def main() -> None:
     print(f"{'engine peak memory (MB)':<44}{rss:>10.0f}")
     print(json.dumps({"bench": "deliver", "msgs_per_s": round(rate), "baseline_msgs_per_s": round(base),
                       "ratio": round(rate / base, 2), "peak_rss_mb": round(rss, 1), "recipients": args.recipients,
-                      "domains": args.domains, "connections": args.connections, "loop": loop, "dkim": args.dkim}))
+                      "domains": args.domains, "connections": args.connections, "loop": loop, "dkim": args.dkim or args.arc,
+                      "arc": args.arc}))
 
 
 if __name__ == "__main__":

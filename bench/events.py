@@ -79,7 +79,7 @@ def render_copies(store) -> tuple[int, float]:
     from listkeeper.engine.events import TemplateCopies
     from listkeeper.store.tables import deliveries, messages
     with store.engine.connect() as conn:
-        (message_id, data), = conn.execute(select(messages.c.id, messages.c.data).where(messages.c.kind == "template"))
+        (message_id, data), = conn.execute(select(messages.c.id, messages.c.data).where(messages.c.kind == "template", messages.c.list_name == "big"))
         due = conn.execute(select(deliveries.c.id, deliveries.c.recipient)
                            .where(deliveries.c.message_id == message_id).order_by(deliveries.c.id)).all()
         start = time.perf_counter()
@@ -113,7 +113,9 @@ def main() -> None:
             "apiVersion: listkeeper/v1\nkind: Domain\nmetadata: {name: d}\n"
             "spec: {domain: example.org, hostname: lists.example.org, postmaster: postmaster@example.org}\n---\n"
             "apiVersion: listkeeper/v1\nkind: MailingList\nmetadata: {name: big}\nspec:\n"
-            "  address: big@example.org\n  type: discussion\n" + EVENTS)
+            "  address: big@example.org\n  type: discussion\n" + EVENTS + "---\n"
+            "apiVersion: listkeeper/v1\nkind: MailingList\nmetadata: {name: warm}\nspec:\n"
+            "  address: warm@example.org\n  type: discussion\n" + EVENTS)
         store = Store.open(f"sqlite:///{root}/store.db")
         reconcile(load_manifests([root / "conf"]), store)
         db = sqlite3.connect(root / "store.db")
@@ -124,20 +126,39 @@ def main() -> None:
         db.executemany("INSERT INTO event_counters VALUES ('big', ?, 'join', 1, ?)", [(a, now) for a in people])
         db.executemany("INSERT INTO event_counters VALUES ('big', ?, 'flag', 1, ?)",
                        [(a, now) for a in people[::10]])  # 10% qualify
+        # a small list with the same events, ticked first: the engine ticks every few minutes in one
+        # process, so the measured tick is a steady one (statements compiled, connection open)
+        db.executemany("INSERT INTO subscribers (list_name, address, source, joined_at) VALUES ('warm', ?, 'directory', ?)",
+                       [(a, now) for a in people[:10]])
+        db.executemany("INSERT INTO event_counters VALUES ('warm', ?, ?, 1, ?)",
+                       [(a, e, now) for a in people[:10] for e in ("join", "flag")])
         db.commit()
-        start = time.perf_counter()
-        expected = len(db.execute(BASELINE).fetchall())
-        base = time.perf_counter() - start
+        base = float("inf")
+        for _ in range(3):  # read-only, so repeatable: the best of three, as for the evaluation below
+            start = time.perf_counter()
+            expected = len(db.execute(BASELINE).fetchall())
+            base = min(base, time.perf_counter() - start)
         db.close()
         snapshot = load_snapshot(store)
+        from dataclasses import replace
+        from types import MappingProxyType
+
         from listkeeper.manifests.events import in_dependency_order
         from listkeeper.store import events as store_events
-        lst = next(iter(snapshot.lists.values()))
+        lst = next(item for item in snapshot.lists.values() if item.name == "big")
+        warm = replace(snapshot, lists=MappingProxyType({k: v for k, v in snapshot.lists.items() if v.name == "warm"}))
         start = time.perf_counter()
-        with store.engine.connect() as conn:  # the evaluation alone: the welcome set, as the baseline computes
-            welcome = next(e for e in in_dependency_order(lst.spec.events) if e.name == "welcome")
-            selected = len(conn.execute(store_events.eligible("big", welcome, now + 60)).scalars().all())
-        evaluation = time.perf_counter() - start
+        warmed = tick(store, warm, now + 30)
+        cold = time.perf_counter() - start
+        if sum(f.count for f in warmed) != 20:
+            sys.exit(f"the warm-up tick fired {warmed}")
+        evaluation = float("inf")
+        welcome = next(e for e in in_dependency_order(lst.spec.events) if e.name == "welcome")
+        for _ in range(3):
+            start = time.perf_counter()
+            with store.engine.connect() as conn:  # the evaluation alone: the welcome set, as the baseline computes
+                selected = len(conn.execute(store_events.eligible("big", welcome, now + 60)).scalars().all())
+            evaluation = min(evaluation, time.perf_counter() - start)
         phases = time_statements(store.engine)
         start = time.perf_counter()
         fired = tick(store, snapshot, now + 60)
@@ -158,11 +179,12 @@ def main() -> None:
     print(f"{'baseline: one hand-written SQL statement (selection only)':<58}{base:>9.3f}")
     print(f"{'ratio, evaluation / baseline':<58}{evaluation / base:>9.1f}")
     print(f"{'ratio, whole tick / baseline':<58}{elapsed / base:>9.1f}")
+    print(f"{'(first tick of the process, 10 subscribers: compiling)':<58}{cold:>9.3f}")
     for phase, seconds in phases.split(elapsed).items():
         print(f"{'  tick: ' + phase:<58}{seconds:>9.3f}")
     print(f"{'(at delivery, not in the tick) rendering the ' + str(queued) + ' copies':<58}{render:>9.3f}")
     print(json.dumps({"bench": "events", "subscribers": args.subscribers, "fired": counts,
-                      "tick_s": round(elapsed, 3), "evaluation_s": round(evaluation, 3), "baseline_s": round(base, 3),
+                      "tick_s": round(elapsed, 3), "first_tick_10_subscribers_s": round(cold, 3), "evaluation_s": round(evaluation, 3), "baseline_s": round(base, 3),
                       "render_at_delivery_s": round(render, 3),
                       "tick_phases_s": {k: round(v, 3) for k, v in phases.split(elapsed).items()},
                       "ratio": round(evaluation / base, 1), "tick_ratio": round(elapsed / base, 1),

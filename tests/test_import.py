@@ -244,7 +244,8 @@ def test_import_names_bad_lines_and_a_second_run_changes_nothing(tmp_path, cli, 
                                      "3 line(s) not imported).")
     shown = cli("members", "members").stdout.splitlines()
     assert shown[0] == "4 receiving member(s) of 5:"
-    assert [line.split() for line in shown[1:]] == [
+    assert shown[1].split() == ["address", "roles", "receives", "state", "source"]  # a table's header
+    assert [line.split() for line in shown[2:]] == [
         ["ann@example.org", "regular", "post", "active", "import"],
         ["bob@example.net", "digest,moderator", "digest", "active", "import"],
         ["chair@example.org", "moderator,regular", "post", "active", "manifest"],

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import sys
 from contextlib import contextmanager
 from pathlib import Path
 
 import click
 
+from listkeeper import terminal
 from listkeeper.manifests import ManifestErrors, load_manifests
 from listkeeper.manifests.schema import write_schemas
+from listkeeper.terminal import Column
 
 DEFAULT_PATHS = ("lists.d", "routes.d")
 store_option = click.option("--store", "store_url", envvar="LISTKEEPER_STORE", default=None,
                             help="Store URL (default sqlite:///var/listkeeper.db; env LISTKEEPER_STORE).")
+progress_option = click.option("--progress/--no-progress", "show_progress", default=None,
+                               help="Draw a progress bar on stderr (default: only when stderr is a terminal).")
 
 
 def _load(paths: tuple[str, ...]):
@@ -73,9 +78,12 @@ def validate(paths: tuple[str, ...]) -> None:
 def schema(out: str, reference: str) -> None:
     """Write one JSON Schema (draft 2020-12) per manifest kind, and the manifest reference."""
     from listkeeper.manifests.reference import write_reference
-    for path in write_schemas(Path(out)):
-        click.echo(str(path))
-    click.echo(str(write_reference(Path(reference))))
+    try:
+        for path in write_schemas(Path(out)):
+            click.echo(str(path))
+        click.echo(str(write_reference(Path(reference))))
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {exc.filename or out}: {exc.strerror or exc}") from None
 
 
 @main.command()
@@ -147,7 +155,10 @@ def reconcile(paths, store_url, dry_run, prune, detailed_exitcode, output, revis
     if revision or dry_run:
         show(found)
         if out_file:
-            Path(out_file).write_text(found.json() + "\n", encoding="utf-8")
+            try:
+                Path(out_file).write_text(found.json() + "\n", encoding="utf-8")
+            except OSError as exc:
+                raise click.ClickException(f"cannot write {out_file}: {exc.strerror or exc}") from None
     if detailed_exitcode and found.plan.has_changes:
         sys.exit(2)
 
@@ -160,6 +171,9 @@ def reconcile(paths, store_url, dry_run, prune, detailed_exitcode, output, revis
 @click.option("--prune", is_flag=True, help="Let the reconciles (at start and on reload) delete resources.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--log-format", default="text", show_default=True, type=click.Choice(["text", "json"]),
+              help="text: one readable line per record; json: one JSON object per line, each with a stable "
+                   "`event` name and the ids that follow a post from acceptance to each delivery.")
 @click.option("--uvloop", "use_uvloop", is_flag=True, help="Run on uvloop (pip install 'listkeeper[fast]').")
 @click.option("--tick-interval", default=300.0, show_default=True, type=click.FloatRange(min=0.05),
               help="Seconds between evaluations of list events.")
@@ -178,20 +192,40 @@ def reconcile(paths, store_url, dry_run, prune, detailed_exitcode, output, revis
 @click.option("--lease", default=60.0, show_default=True, type=click.FloatRange(min=1.0),
               help="Seconds a delivery claimed by this node stays its own unless renewed; a stopped node's "
                    "deliveries pass to the other nodes after this.")
-def serve(paths, store_url, host, port, prune, log_level, use_uvloop, tick_interval, http_host, http_port,
-          no_http, base_url, no_watch, node, lease) -> None:
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False),
+              help="PEM certificate chain: the SMTP listener offers STARTTLS.")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False),
+              help="The certificate's PEM private key (default: in --tls-cert).")
+@click.option("--plaintext-auth", default="loopback", show_default=True,
+              type=click.Choice(["never", "loopback", "always"]),
+              help="SMTP AUTH (SmtpAccounts) without TLS: never, for clients on this host, or always. "
+                   "After STARTTLS it is always offered.")
+def serve(paths, store_url, host, port, prune, log_level, log_format, use_uvloop, tick_interval, http_host,
+          http_port, no_http, base_url, no_watch, node, lease, tls_cert, tls_key, plaintext_auth) -> None:
     """Reconcile, then accept SMTP, deliver and serve one-click unsubscribe. Changes to PATHS (or
     SIGHUP) are validated and reconciled while running; an invalid change is refused, with its errors."""
     from listkeeper.engine.reload import ReloadOptions, node_name
-    from listkeeper.engine.server import ServeOptions, serve_forever
+    from listkeeper.engine.server import CertificateUnreadable, ServeOptions, serve_forever
     from listkeeper.engine.web import WebListenError
+    from listkeeper.logs import configure, note
     from listkeeper.reconcile import reconcile as reconcile_store
     from listkeeper.store.config import LockTimeout
-    logging.basicConfig(level=getattr(logging, log_level.upper()),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    for noisy in ("mail.log", "alembic", "watchfiles"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if tls_key is not None and tls_cert is None:
+        raise click.UsageError("--tls-key needs --tls-cert (the certificate the key belongs to)")
+    configure(log_level, log_format)
+    serve_log = logging.getLogger("listkeeper.serve")
+
+    def say(text: str, event: str, **fields) -> None:
+        """What serve tells the operator: a line on stderr, or in JSON format a record like every other."""
+        if log_format == "json":
+            note(serve_log, event, text=text, **fields)
+        else:
+            click.echo(text, err=True)
+
     manifests = _load(paths)
+    if plaintext_auth == "never" and tls_cert is None and manifests.of_kind("SmtpAccount"):
+        say("SMTP AUTH will not be offered: --plaintext-auth never and no --tls-cert for STARTTLS",
+            "serve.auth_unavailable")
     store = _open_store(store_url)
     try:
         generation = reconcile_store(manifests, store, prune,
@@ -199,7 +233,7 @@ def serve(paths, store_url, host, port, prune, log_level, use_uvloop, tick_inter
     except LockTimeout as exc:
         raise click.ClickException(str(exc)) from None
     if generation is not None:
-        click.echo(f"reconciled: configuration generation {generation}", err=True)
+        say(f"reconciled: configuration generation {generation}", "serve.reconciled", generation=generation)
 
     def ready(engine) -> None:
         snap = engine.snapshot
@@ -207,15 +241,20 @@ def serve(paths, store_url, host, port, prune, log_level, use_uvloop, tick_inter
             from listkeeper import notify
             notify.emit("config.applied", generation=generation, source="serve")
         if engine.web is not None:
-            click.echo(f"one-click unsubscribe on {engine.web.url}{'' if not base_url else ' as ' + base_url}",
-                       err=True)
-        click.echo(f"config: {'watching' if not no_watch else 'not watching (--no-watch)'} "
-                   f"{', '.join(paths or DEFAULT_PATHS)}; SIGHUP reloads; node {engine.follower.node}", err=True)
-        click.echo(f"listkeeper serving {len(snap.lists)} list(s) for {', '.join(sorted(snap.domains))} "
-                   f"on smtp://{host}:{engine.port} (generation {snap.generation}); Ctrl-C stops", err=True)
+            say(f"one-click unsubscribe on {engine.web.url}{'' if not base_url else ' as ' + base_url}",
+                "serve.http", url=engine.web.url)
+            say(f"metrics on {engine.web.url}/metrics, health on {engine.web.url}/healthz", "serve.metrics",
+                url=f"{engine.web.url}/metrics")
+        say(f"config: {'watching' if not no_watch else 'not watching (--no-watch)'} "
+            f"{', '.join(paths or DEFAULT_PATHS)}; SIGHUP reloads; node {engine.follower.node}", "serve.config",
+            node=engine.follower.node)
+        say(f"listkeeper serving {len(snap.lists)} list(s) for {', '.join(sorted(snap.domains))} "
+            f"on smtp://{host}:{engine.port} (generation {snap.generation}); Ctrl-C stops", "serve.ready",
+            smtp=f"{host}:{engine.port}", generation=snap.generation)
 
     options = ServeOptions(host=host, port=port, tick_interval=tick_interval, http_host=http_host,
                            http_port=None if no_http else http_port, base_url=base_url, node=node, lease=lease,
+                           tls_cert=tls_cert, tls_key=tls_key, plaintext_auth=plaintext_auth,
                            reload=ReloadOptions(tuple(paths or DEFAULT_PATHS), watch=not no_watch, prune=prune))
     run = asyncio.run
     if use_uvloop:
@@ -228,10 +267,33 @@ def serve(paths, store_url, host, port, prune, log_level, use_uvloop, tick_inter
         run(serve_forever(store, options, ready))
     except WebListenError as exc:
         raise click.ClickException(exc.strerror) from None
+    except CertificateUnreadable as exc:
+        raise click.ClickException(str(exc)) from None
+    except ssl.SSLError as exc:
+        raise click.ClickException(f"cannot use the TLS certificate {tls_cert} (a PEM chain, its key in it or in "
+                                   f"--tls-key): {exc}") from None
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     finally:
         store.close()
+
+
+@main.command("hash-password")
+def hash_password() -> None:
+    """Read a password (prompted, or one line on stdin) and print its argon2id hash, for an
+    SmtpAccount's password secret."""
+    from listkeeper.manifests.passwords import hash_password as argon2id
+    if sys.stdin.isatty():
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    else:
+        line = sys.stdin.buffer.readline().rstrip(b"\r\n")
+        try:
+            password = line.decode("utf-8")
+        except UnicodeDecodeError:  # clients send their password's bytes, and hashes are made of UTF-8
+            raise click.ClickException("the password is not UTF-8 text") from None
+    if not password:
+        raise click.ClickException("an empty password cannot be hashed")
+    click.echo(argon2id(password))
 
 
 def _origin(who: str, trigger: str, paths: tuple[str, ...]):
@@ -262,9 +324,7 @@ def queue(ctx, store_url) -> None:
     if not rows:
         click.echo("The queue is empty.")
         return
-    click.echo(f"{'state':<12}{'destination':<40}{'deliveries':>10}")
-    for state, transport, count in rows:
-        click.echo(f"{state:<12}{transport:<40}{count:>10}")
+    terminal.show(terminal.table([Column("state"), Column("destination"), Column("deliveries", "right")], rows))
 
 
 @queue.command("show")
@@ -303,6 +363,53 @@ def queue_retry(store_url, which, post_id) -> None:
         with store.engine.begin() as conn:
             count = store_queue.retry(conn, store.now(), failed_only=which == "failed", post_id=post_id)
     click.echo(f"{count} deliver{'y' if count == 1 else 'ies'} queued again.")
+
+
+@queue.command("wait")
+@click.argument("post_id", type=int, required=False)
+@click.option("--timeout", default=600.0, show_default=True, type=click.FloatRange(min=0), metavar="S",
+              help="Give up after this many seconds.")
+@click.option("--interval", default=0.5, show_default=True, type=click.FloatRange(min=0.01), metavar="S",
+              help="Seconds between looks at the queue.")
+@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@progress_option
+@click.pass_obj
+def queue_wait(store_url, post_id, timeout, interval, output, show_progress) -> None:
+    """Wait until every delivery of a post (default: the newest) is delivered or failed. Exit 0 when all
+    were delivered, 1 when some failed, 2 when the timeout came first."""
+    import json
+    from listkeeper.delivery.progress import follow
+    from listkeeper.store import tracking
+    with _store(store_url) as store:
+        with store.engine.connect() as conn:
+            if post_id is None:
+                post_id = tracking.newest_post(conn)
+                if post_id is None:
+                    raise click.ClickException("no post has been queued for delivery yet")
+            elif not tracking.exists(conn, post_id):
+                raise click.ClickException(f"no post {post_id}")
+        bar = terminal.progress(terminal.wants_progress(show_progress), unit="deliveries")
+        with bar:
+            task = bar.add_task(f"post {post_id}", total=None)
+            found = follow(store, post_id, timeout, interval=interval,
+                           on_update=lambda now: bar.update(task, total=now.total or None, completed=now.done))
+        with store.engine.connect() as conn:
+            failed = tracking.failures(conn, post_id, 20)
+    if output == "json":
+        click.echo(json.dumps({"post": post_id, "by_state": dict(sorted(found.by_state.items())),
+                               "total": found.total, "over": found.over, "timed_out": found.timed_out,
+                               "failed": [{"recipient": r, "error": e} for r, e in failed]}, indent=2))
+    else:
+        counts = ", ".join(f"{n} {state}" for state, n in sorted(found.by_state.items())) or "no deliveries"
+        verdict = ("all delivered" if found.exit_code == 0 else "some failed" if found.exit_code == 1
+                   else f"not over after {timeout:g} s")
+        click.echo(f"post {post_id}: {found.total} deliver{'y' if found.total == 1 else 'ies'}: {counts}; {verdict}.")
+        for recipient, error in failed:
+            click.echo(f"  failed: {recipient}: {error}")
+        more = found.by_state.get("failed", 0) - len(failed)
+        if more > 0:
+            click.echo(f"  … and {more} more failed (listkeeper queue retry --post {post_id} sends them again)")
+    sys.exit(found.exit_code)
 
 
 @queue.command("drop")
@@ -398,12 +505,12 @@ def members_show(list_name, store_url, preview, limit) -> None:
             with store.engine.connect() as conn:
                 rows = subscribers.members(conn, list_name)
             receiving = sum(1 for m in rows if m.receiving)
-            click.echo(f"{receiving} receiving member(s) of {len(rows)}:")
-            for m in rows[:limit]:
-                click.echo(f"  {m.address:<40} {','.join(sorted(m.roles)):<22} {m.receives or '-':<7} "
-                           f"{m.state:<13} {m.source}")
-            if len(rows) > limit:
-                click.echo(f"  … and {len(rows) - limit} more")
+            shown = terminal.table(
+                [Column("address"), Column("roles"), Column("receives"), Column("state"), Column("source")],
+                [(m.address, ",".join(sorted(m.roles)), m.receives or "-", m.state, m.source) for m in rows[:limit]],
+                indent=2)
+            terminal.show(terminal.lines(f"{receiving} receiving member(s) of {len(rows)}:", shown,
+                                         *([f"  … and {len(rows) - limit} more"] if len(rows) > limit else [])))
             return
         if not preview:
             with store.engine.connect() as conn:
@@ -508,8 +615,9 @@ def _static_list(store, list_name: str):
 @click.argument("list_name")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
 @store_option
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-def members_import(list_name, file, store_url, quiet) -> None:
+@click.option("--quiet", is_flag=True, help="No progress bar (the same as --no-progress).")
+@progress_option
+def members_import(list_name, file, store_url, quiet, show_progress) -> None:
     """Add or update a list's subscribers from a CSV roster (address,name,roles,state), as members export
     writes it. Running it again changes nothing. Lines that cannot be imported are named; exit 1 if any."""
     import io
@@ -517,7 +625,8 @@ def members_import(list_name, file, store_url, quiet) -> None:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
     from listkeeper.store import imports, roster
-    console = Console(stderr=True)
+    shown = not quiet and terminal.wants_progress(show_progress)
+    console = Console(stderr=True, force_terminal=shown or None)
     with _store(store_url) as store:
         _static_list(store, list_name)
         try:
@@ -528,7 +637,7 @@ def members_import(list_name, file, store_url, quiet) -> None:
         text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
         bar = Progress(TextColumn("importing into {task.description}"), BarColumn(),
                        TextColumn("{task.fields[rows]} rows"), TimeRemainingColumn(), console=console,
-                       disable=quiet or not console.is_terminal)
+                       disable=not shown)
         try:
             with bar:
                 task = bar.add_task(list_name, total=size or None, rows=0)
@@ -541,6 +650,9 @@ def members_import(list_name, file, store_url, quiet) -> None:
         except roster.RosterError as exc:
             raise click.ClickException(f"{file}: {exc}; rows before it were imported, run again once it is "
                                        "fixed") from None
+        except OSError as exc:
+            raise click.ClickException(f"cannot read {file}: {exc.strerror or exc}; rows before the error were "
+                                       "imported, run again once it is readable") from None
         finally:
             if file != "-":
                 text.close()
@@ -610,7 +722,8 @@ def _moment(value: str | None) -> float:
 @main.command()
 @store_option
 @click.option("--at", "at", metavar="TIME", help="Evaluate as of this moment (ISO, UTC unless given).")
-def tick(store_url, at) -> None:
+@progress_option
+def tick(store_url, at, show_progress) -> None:
     """Run one evaluation of every list's events and one round of the periodic jobs (moderation
     expiry, digests, ...): what serve does on its own."""
     from listkeeper.engine.events import tick as run_tick
@@ -619,8 +732,12 @@ def tick(store_url, at) -> None:
     with _store(store_url) as store:
         snapshot = load_snapshot(store)
         moment = _moment(at)
-        fired = run_tick(store, snapshot, moment)
-        done = run_round(store, snapshot, moment)
+        bar = terminal.progress(terminal.wants_progress(show_progress), unit="subscriber events")
+        with bar:
+            task = bar.add_task("events", total=None)
+            fired = run_tick(store, snapshot, moment,
+                             lambda checked, total: bar.update(task, completed=checked, total=total))
+            done = run_round(store, snapshot, moment)
     for item in fired:
         click.echo(f"{item.list_name}/{item.event}: fired for {item.count}")
     for job, count in done.queued.items():
@@ -709,15 +826,15 @@ def events() -> None:
 @click.option("--member", "member", help="Only this subscriber.")
 @store_option
 def events_show(list_name, member, store_url) -> None:
+    """How often each event fired for each subscriber who receives the list (or --member)."""
     from listkeeper.store import events as store_events
     with _store(store_url) as store:
         with store.engine.connect() as conn:
             members = [member.lower()] if member else store_events.list_subscribers(conn, list_name)
             counts = store_events.counters(conn, list_name, members if member else None)
     names = sorted({e for a in members for e in counts.get(a, {})})
-    click.echo(f"{'subscriber':<40}" + "".join(f"{n:>10}" for n in names))
-    for address in members:
-        click.echo(f"{address:<40}" + "".join(f"{counts.get(address, {}).get(n, 0):>10}" for n in names))
+    terminal.show(terminal.table([Column("subscriber"), *(Column(n, "right") for n in names)],
+                                 [(a, *(counts.get(a, {}).get(n, 0) for n in names)) for a in members]))
 
 
 @events.command("fire")
@@ -916,8 +1033,11 @@ def report_run(name, since, store_url) -> None:
 def status_cmd(store_url, output) -> None:
     """The running configuration generation, how and from which files it was applied, the engines on
     this store and the generation each runs, the last rejected reload with its errors, the queue."""
-    from listkeeper.engine.status import read_status, render_status
+    from listkeeper.engine.status import read_status, status_view
     with _store(store_url) as store:
         with store.engine.connect() as conn:
             found = read_status(conn, store.now())
-    click.echo(found.json() if output == "json" else render_status(found))
+    if output == "json":
+        click.echo(found.json())
+    else:
+        terminal.show(status_view(found))

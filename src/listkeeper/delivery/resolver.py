@@ -141,12 +141,14 @@ class MxResolver:
     """Asks the configured name servers itself so it can pick, skip and count them."""
 
     def __init__(self, nameservers: list[tuple[str, int]], timeout: float = 5.0,
-                 avoid_failing_for: float = 60.0, clock: Callable[[], float] = time.monotonic):
+                 avoid_failing_for: float = 60.0, clock: Callable[[], float] = time.monotonic,
+                 observe: Callable[[str, str, bool], None] | None = None):
         self._servers = [_Server(address, int(port)) for address, port in (nameservers or system_nameservers())]
         self._timeout = timeout
         self._avoid_failing_for = avoid_failing_for
         self._clock = clock
         self._cache: dict[tuple[dns.name.Name, int], tuple[float, Answer]] = {}
+        self._observe = observe  # (server, query type, answered) for each query sent: the metrics
 
     @property
     def stats(self) -> dict[str, dict[str, int]]:
@@ -217,6 +219,8 @@ class MxResolver:
         for server in self._candidates():
             server.lookups += 1
             answer = await self._ask_one(server, qname, rdtype)
+            if self._observe is not None:
+                self._observe(server.label, dns.rdatatype.to_text(rdtype), isinstance(answer, Answer))
             if isinstance(answer, Answer):
                 return answer
             server.failures += 1

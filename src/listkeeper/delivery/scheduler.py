@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from listkeeper import notify
+from listkeeper.logs import note
 from listkeeper.manifests.routes import PickupRoute
 from listkeeper.store import Store
 from listkeeper.store import queue as store_queue
@@ -95,6 +96,8 @@ class Pace:
 
 
 class Scheduler:
+    metrics = None  # the engine's Metrics (engine/metrics.py), set after construction; None: not counted
+
     def __init__(self, store: Store, current, *, inject: Inject | None = None,
                  clock: Callable[[], float] | None = None, lease: float = 300.0,
                  personalise: Personalise | None = None, templates: Templates | None = None,
@@ -428,7 +431,8 @@ class Scheduler:
         key = settings.model_dump_json()
         if key not in self._resolvers:
             self._resolvers[key] = MxResolver([(ns.address, ns.port) for ns in settings.nameservers],
-                                              timeout=settings.timeout, avoid_failing_for=settings.avoid_failing_for)
+                                              timeout=settings.timeout, avoid_failing_for=settings.avoid_failing_for,
+                                              observe=self.metrics.dns if self.metrics is not None else None)
         return self._resolvers[key]
 
     def _record(self, due: Due, result: Result, transport: str, snapshot) -> None:
@@ -441,8 +445,11 @@ class Scheduler:
             if retry_at is None:
                 event = Event.expired
         state = next_state(State.sending, event)
-        log.info("delivery.%s delivery=%d message=%d rcpt=%s transport=%s detail=%s", state.value,
-                 due.delivery_id, due.message_id, due.recipient, transport, result.detail)
+        note(log, "delivery.attempt", outcome=state.value, delivery_id=due.delivery_id, message_id=due.message_id,
+             recipient=due.recipient, domain=due.recipient.rpartition("@")[2].lower(), transport=transport,
+             attempt=due.attempts + 1, retry_at=retry_at, detail=result.detail)
+        if self.metrics is not None:
+            self.metrics.delivery(state.value, transport)
         if state is State.delivered:
             self.delivered += 1
             if snapshot.delivery.backup is not None:

@@ -27,6 +27,8 @@ from dkim.canonicalization import CanonicalizationPolicy
 
 from listkeeper.manifests.signing_keys import KeyProblem, load_dkim_key
 
+from . import arc
+
 log = logging.getLogger("listkeeper.delivery")
 
 CANONICALIZATION = b"relaxed/simple"
@@ -44,6 +46,7 @@ class DomainKey:
     selector: str
     headers: tuple[bytes, ...]  # lower-case field names to sign
     key: rsa.RSAPrivateKey
+    arc: bool = False  # ARC-seal the list posts it signs (delivery/arc.py)
 
     def signature(self, fields: list, body: bytes, eol: bytes, now: float) -> bytes:
         """The DKIM-Signature field (with its line end) for a message as it is sent."""
@@ -55,7 +58,7 @@ class DomainKey:
         body_hash = base64.b64encode(hashlib.sha256(POLICY.canonicalize_body(crlf(body))).digest())
         tags = [b"v=1;", b"a=rsa-sha256;", b"c=" + CANONICALIZATION + b";", b"d=" + self.domain.encode() + b";",
                 b"s=" + self.selector.encode() + b";", b"t=%d;" % int(now)]
-        tags += _list_tag(include) + [b"bh=" + body_hash + b";", b"b="]
+        tags += list_tag(include) + [b"bh=" + body_hash + b";", b"b="]
         hasher = hashlib.sha256()
         hash_headers(hasher, POLICY, POLICY.canonicalize_headers(fields), include,
                      (b"DKIM-Signature", b" " + b" ".join(tags)), None)
@@ -63,10 +66,10 @@ class DomainKey:
         value = base64.b64encode(signed)
         pieces = [value[i:i + WIDTH - 2] for i in range(0, len(value), WIDTH - 2)]
         tags[-1] += pieces[0]
-        return _fold([b"DKIM-Signature:"] + tags + pieces[1:], eol)
+        return fold_tokens([b"DKIM-Signature:"] + tags + pieces[1:], eol)
 
 
-def _list_tag(names: list[bytes]) -> list[bytes]:
+def list_tag(names: list[bytes]) -> list[bytes]:
     """h=from:from:to: ... as foldable tokens (FWS may follow each colon)."""
     tokens = [name + b":" for name in names]
     tokens[0] = b"h=" + tokens[0]
@@ -74,7 +77,7 @@ def _list_tag(names: list[bytes]) -> list[bytes]:
     return tokens
 
 
-def _fold(tokens: list[bytes], eol: bytes) -> bytes:
+def fold_tokens(tokens: list[bytes], eol: bytes) -> bytes:
     lines, line = [], tokens[0]
     for token in tokens[1:]:
         if len(line) + 1 + len(token) > WIDTH:
@@ -127,16 +130,21 @@ class Signing:
     def __init__(self) -> None:
         self._generation: int | None = None
         self._keys: dict[str, DomainKey | None] = {}
+        self._ours: frozenset[str] = frozenset()  # our authserv-ids: the domains' host names
+        self._sealer = arc.Sealer()
 
     def keys(self, snapshot) -> dict[str, DomainKey | None]:
         if snapshot.generation != self._generation:
             self._keys = {name: _load(name, spec.dkim) for name, spec in snapshot.domains.items()
                           if spec.dkim is not None}
+            self._ours = frozenset(spec.hostname.lower() for spec in snapshot.domains.values())
+            self._sealer = arc.Sealer()  # sets made with the previous keys are not reused
             self._generation = snapshot.generation
         return self._keys
 
     def sign(self, data: bytes, return_path: str, snapshot, now: float) -> bytes:
-        """`data` with a DKIM-Signature on top, or unchanged when no served domain of it has a key."""
+        """`data` with a DKIM-Signature on top (and below it an ARC set, for a post of a domain that seals),
+        or unchanged when no served domain of it has a key."""
         keys = self.keys(snapshot)
         if not keys:
             return data
@@ -145,10 +153,20 @@ class Signing:
             fields = header_fields(head)
             domain = signing_domain(fields, return_path, keys)
             key = keys.get(domain) if domain else None
-            return data if key is None else key.signature(fields, body, eol, now) + data
+            if key is None:
+                return data
+            return key.signature(fields, body, eol, now) + (self._seal(fields, body, eol, key, now) if key.arc
+                                                             else b"") + data
         except Exception:  # noqa: BLE001 - e.g. a header line dkimpy cannot read: sent unsigned, never lost
             log.exception("dkim: could not sign a message from %s; it goes out unsigned", return_path or "<>")
             return data
+
+    def _seal(self, fields: list, body: bytes, eol: bytes, key: DomainKey, now: float) -> bytes:
+        try:
+            return self._sealer.seal(fields, body, eol, key, self._ours, now)
+        except Exception:  # noqa: BLE001 - the copy still leaves, DKIM-signed
+            log.exception("arc: could not seal a copy for %s; it goes out without an ARC set", key.domain)
+            return b""
 
 
 def _load(domain: str, dkim) -> DomainKey | None:
@@ -157,4 +175,4 @@ def _load(domain: str, dkim) -> DomainKey | None:
     except KeyProblem as exc:  # validated on reconcile, so the file changed since: mail goes out unsigned
         log.error("dkim: %s; mail of %s goes out unsigned until the configuration changes", exc, domain)
         return None
-    return DomainKey(domain, dkim.selector, tuple(name.encode("ascii") for name in dkim.headers), key)
+    return DomainKey(domain, dkim.selector, tuple(name.encode("ascii") for name in dkim.headers), key, dkim.arc)

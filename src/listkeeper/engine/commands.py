@@ -29,6 +29,7 @@ from sqlalchemy import select, update
 from sqlalchemy.engine import Connection
 
 from listkeeper import notify
+from listkeeper.logs import note
 from listkeeper.manifests.events import BUILT_IN
 from listkeeper.store import autoresponses, subscribers
 from listkeeper.store.queue import PostRecord
@@ -325,7 +326,7 @@ def do_event(ctx: Context, cmd: Command) -> str:
         return f"{target} is not subscribed to {spec.address}; nothing happened."
     event = next((e for e in spec.events if e.name == name), None)
     fired = list_events.fire(ctx.conn, lst, event, name, [target], ctx.snapshot, ctx.now)
-    log.info("event.fired list=%s event=%s by=mail for=%s", lst.name, fired.event, target)
+    note(log, "event.fired", list=lst.name, event=fired.event, subscribers=1, source="mail", address=target)
     notify.on_commit(ctx.conn, "event.fired", list=lst.name, event=fired.event, subscribers=1, source="mail",
                      address=target)
     return f"Event {name} fired for {target} on {spec.address}."

@@ -84,15 +84,16 @@ def from_domain(message: RawMessage) -> str | None:
 class PolicyLookup:
     """Looks up posters' DMARC policies; one resolver (and cache) per DNS configuration."""
 
-    def __init__(self) -> None:
+    def __init__(self, observe=None) -> None:
         self._resolvers: dict[str, MxResolver] = {}
+        self._observe = observe  # counts each DNS query (engine/metrics.py), or None
 
     def _resolver(self, settings) -> MxResolver:
         key = settings.model_dump_json()
         if key not in self._resolvers:
             self._resolvers[key] = MxResolver([(ns.address, ns.port) for ns in settings.nameservers],
                                               timeout=settings.timeout,
-                                              avoid_failing_for=settings.avoid_failing_for)
+                                              avoid_failing_for=settings.avoid_failing_for, observe=self._observe)
         return self._resolvers[key]
 
     async def poster_policy(self, data: bytes, recipients: list[Recipient], snapshot: Snapshot) -> PosterPolicy | None:
@@ -110,20 +111,31 @@ class PolicyLookup:
         return PosterPolicy(domain, policy)
 
     async def policy(self, domain: str, snapshot: Snapshot) -> str | None:
+        found = await self.record(domain, snapshot)
+        if isinstance(found, Failure):
+            log.warning("dmarc: %s; the post goes out as it came", found.reason)
+            return None
+        return None if found is None else policy_of(found[1], for_subdomain=found[0] != domain)
+
+    async def record(self, domain: str, snapshot: Snapshot) -> tuple[str, dict[str, str]] | Failure | None:
+        """(the name that published it, its tags) for the domain's DMARC record, found by the tree walk;
+        None without one; Failure when a name server did not answer."""
         resolver = self._resolver(snapshot.dns)
         for name in names_to_ask(domain):
             answer = await resolver.lookup(f"_dmarc.{name}", dns.rdatatype.TXT)
             if isinstance(answer, Failure):
-                log.warning("dmarc: no answer for _dmarc.%s (%s); the post goes out as it came", name,
-                            answer.reason)
-                return None
+                return Failure(f"no answer for _dmarc.{name}: {answer.reason}")
             records = [tags for tags in (parse_record(b"".join(r.strings).decode("utf-8", "replace"))
                                          for r in answer.records if r.rdtype == dns.rdatatype.TXT) if tags is not None]
             if len(records) == 1:
-                return policy_of(records[0], for_subdomain=name != domain)
+                return name, records[0]
             if records:  # several records: RFC 7489 6.6.3 says none applies
                 return None
         return None
+
+    def resolver(self, snapshot: Snapshot) -> MxResolver:
+        """The resolver (and cache) for the configured name servers, shared with inbound authentication."""
+        return self._resolver(snapshot.dns)
 
 
 def signed_by_us(domain: str, snapshot: Snapshot) -> bool:

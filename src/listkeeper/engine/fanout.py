@@ -12,10 +12,12 @@ from email.utils import format_datetime, getaddresses
 import logging
 import secrets
 
+from listkeeper.logs import note
 from listkeeper.manifests.lists import ListType
 from listkeeper.store.queue import Hold, InboundRecord, PostRecord
 
 from . import commands, moderation
+from .authresults import InboundAuth, arc_seals, our_ids, stamped, without_forged
 from .dmarc import PosterPolicy, mitigated
 from .headers import RawMessage
 from .membership import Membership, from_manifests, lists_consulted, moderators, receivers
@@ -37,6 +39,7 @@ class Refused:
     reply: str
     rule: str
     reason: str = ""
+    list_name: str = ""  # the list whose posting rules refused it ("" when not a list's verdict)
 
 
 def senders_of(message: RawMessage, mail_from: str) -> frozenset[str]:
@@ -100,31 +103,39 @@ def _with(recipients, extra: str):
 
 def fan_out(data: bytes, mail_from: str, recipients: list[Recipient], snapshot: Snapshot,
             now: float | None = None, membership: Membership | None = None,
-            dmarc: PosterPolicy | None = None) -> InboundRecord | Refused:
+            dmarc: PosterPolicy | None = None, auth: InboundAuth | None = None) -> InboundRecord | Refused:
     """Decide every recipient's fate; refuse the whole message if any list refuses it.
 
     `membership` holds the senders' roles from the store (engine/membership.py); without it the
     manifests' roles are used, which is what pure callers such as tests want. `dmarc` is the From
-    domain's DMARC policy (engine/dmarc.py), looked up before for lists that mitigate."""
+    domain's DMARC policy (engine/dmarc.py), looked up before for lists that mitigate; `auth` what the
+    post's authentication gave (engine/authentication.py), for lists that ARC-seal."""
     now = time.time() if now is None else now
+    size = len(data)
     message = RawMessage.parse(data)
+    cleaned = without_forged(message, our_ids(snapshot))  # delivery would seal what a forgery claims
+    if cleaned is not message:
+        log.info("authentication: removed an Authentication-Results field claiming to be ours, from=%s",
+                 mail_from or "<>")
+        message, data = cleaned, cleaned.to_bytes()
     senders = senders_of(message, mail_from)
     if membership is None:
         membership = from_manifests(senders, lists_consulted(recipients, snapshot))
-    submission = submission_of(message, mail_from, len(data), membership)
+    submission = submission_of(message, mail_from, size, membership)
     posts: list[PostRecord] = []
     actions: list = []
     for rcpt in recipients:
         lst = rcpt.list
         if rcpt.target is Target.post:
             verdict = decide(submission, lst)
-            log.info("policy list=%s from=%s decision=%s rule=%s reason=%s", lst.name, mail_from or "<>",
-                     verdict.decision.value, verdict.rule, verdict.reason)
+            note(log, "post.verdict", list=lst.name, sender=mail_from or "<>", verdict=verdict.decision.value,
+                 rule=verdict.rule, reason=verdict.reason)
             if verdict.decision is Decision.reject:
-                return Refused(verdict.reply, verdict.rule, verdict.reason)
+                return Refused(verdict.reply, verdict.rule, verdict.reason, lst.name)
             state = {Decision.accept: "queued", Decision.hold: "held", Decision.discard: "discarded"}[verdict.decision]
             hostname = snapshot.hostname(lst.domain)
-            copy = list_copy(mitigated(message, lst, dmarc, hostname, now), lst, hostname, now)
+            post = stamped(message, auth, hostname) if auth is not None and arc_seals(lst.domain, snapshot) else message
+            copy = list_copy(mitigated(post, lst, dmarc, hostname, now), lst, hostname, now)
             hold = None
             if state == "held":
                 sender = next(iter(sorted(senders - {mail_from.lower()})), mail_from.lower()) if senders else ""

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from watchfiles import Change, DefaultFilter, awatch
 
+from listkeeper.logs import note
 from listkeeper.manifests import ManifestErrors, load_manifests
 from listkeeper.manifests.validation import FileCache
 from listkeeper.reconcile import ApplyError, Review, reconcile
@@ -80,8 +81,10 @@ class ConfigFollower:
     burst of triggers (a save, SIGHUP, a new generation seen in the store) never overlaps itself."""
 
     def __init__(self, store: Store, node: str, options: ReloadOptions, current: Callable[[], Snapshot],
-                 install: Callable[[Snapshot], None], rejected: Callable[[Rejection], None], listening: str = ""):
+                 install: Callable[[Snapshot], None], rejected: Callable[[Rejection], None], listening: str = "",
+                 metrics=None):
         self.store = store
+        self._metrics = metrics  # counts reloads by result (engine/metrics.py), or None
         self.node = node
         self.options = options
         self._current = current
@@ -145,8 +148,14 @@ class ConfigFollower:
                         self._tell(outcome)
                 await self._follow()
             except Exception:  # noqa: BLE001 - a failed round is logged; the engine keeps serving
-                log.exception("config reload failed; the engine keeps generation %d", self._current().generation)
+                self._count("failed")
+                note(log, "reload.failed", level=logging.ERROR, generation=self._current().generation,
+                     exc_info=True, text="the engine keeps its configuration")
             self.reloads += 1
+
+    def _count(self, result: str) -> None:
+        if self._metrics is not None:
+            self._metrics.reload(result)
 
     def _tell(self, rejection: Rejection) -> None:
         try:
@@ -172,26 +181,29 @@ class ConfigFollower:
         except ApplyError as exc:
             return self._reject(trigger, [str(exc)])
         except LockTimeout as exc:
-            log.error("config reload (%s) not applied: %s; the engine keeps generation %d; save again or send "
-                      "SIGHUP to retry", trigger, exc, self._current().generation)
+            self._count("failed")
+            note(log, "reload.failed", level=logging.ERROR, trigger=trigger, generation=self._current().generation,
+                 error=str(exc), text="not applied; the engine keeps its generation; save again or send SIGHUP")
             return None
         held = shown[0].plan.held_back if shown else 0
         if held:
             log.warning("config: %d deletion(s) held back: serve runs without --prune (or the resource is "
                         "annotated against pruning)", held)
-        took = f"validated in {validated - began:.3f} s, reconciled in {time.perf_counter() - validated:.3f} s"
+        took = dict(validate_seconds=round(validated - began, 3),
+                    reconcile_seconds=round(time.perf_counter() - validated, 3))
         if generation is None:
-            log.info("config reload (%s): no changes; %s", trigger, took)
+            self._count("unchanged")
+            note(log, "reload.unchanged", trigger=trigger, **took)
         else:
-            log.info("config.applied generation=%d trigger=%s: %s; %s", generation, trigger, _summary(shown[0]), took)
+            self._count("applied")
+            note(log, "reload.applied", generation=generation, trigger=trigger, changes=_summary(shown[0]), **took)
         return generation
 
     def _reject(self, trigger: str, errors: list[str]) -> Rejection:
         kept = self._current().generation
-        for error in errors:
-            log.error("config.rejected %s", error)
-        log.error("config.rejected: %d error(s); the engine keeps generation %d (trigger: %s)", len(errors),
-                  kept, trigger)
+        self._count("rejected")
+        note(log, "reload.rejected", level=logging.ERROR, generation=kept, trigger=trigger, count=len(errors),
+             errors=errors, text="the engine keeps its generation")
         rejection = Rejection(self.store.now(), self.node, trigger, kept, tuple(errors))
         change = ConfigChange(rejection.at, "rejected", kept, Origin(self.node, trigger, self.options.paths),
                               errors=rejection.errors)
@@ -206,8 +218,7 @@ class ConfigFollower:
         if fresh is None:
             return
         self._install(fresh)
-        log.info("config.loaded generation=%d (was %d): %d list(s)", fresh.generation, current.generation,
-                 len(fresh.lists))
+        note(log, "reload.loaded", generation=fresh.generation, previous=current.generation, lists=len(fresh.lists))
         await self._in_thread(self._write, nodes.loaded, fresh.generation, self.store.now())
 
     def _load_newer(self, current: Snapshot) -> Snapshot | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +13,9 @@ from pathlib import Path
 from aiosmtpd.smtp import SMTP
 
 from listkeeper import notify
+from listkeeper.logs import note
 from listkeeper.delivery.scheduler import Scheduler
+from listkeeper.notify import bus as notify_bus
 from listkeeper.notify.dispatch import Dispatcher
 from listkeeper.store import Store
 from listkeeper.store.queue import InboundRecord, PostRecord
@@ -20,17 +23,20 @@ from listkeeper.store.signing import signing_key
 
 from .events import TemplateCopies
 from .events import tick as run_tick
+from .health import problems
 from .housekeeping import run_round
 from .leadership import Leadership
 from .fanout import Refused, fan_out
 from .membership import look_up_in
+from .metrics import CONTENT_TYPE, Metrics
 from .oneclick import Links
 from .recipients import Recipient, accept_recipient
 from .reload import ConfigFollower, Rejection, ReloadOptions, node_name
-from .smtp import ListHandler
+from .smtp import ListSMTP
+from .submission import SubmissionHandler
 from .snapshot import Snapshot, load_snapshot
 from .spool import Spool
-from .web import WebListener, start_web
+from .web import Operations, WebListener, start_web
 
 log = logging.getLogger("listkeeper.serve")
 
@@ -47,6 +53,9 @@ class ServeOptions:
     base_url: str | None = None  # where recipients reach the listener; default: its own address
     reload: ReloadOptions = ReloadOptions()  # what to watch; the store's generation is followed always
     node: str | None = None  # this engine's name in the store (listkeeper status); default host:port
+    tls_cert: str | None = None  # PEM certificate chain: the listener offers STARTTLS
+    tls_key: str | None = None  # its private key (PEM); default: in tls_cert
+    plaintext_auth: str = "loopback"  # SMTP AUTH without TLS: never | loopback (clients on this host) | always
     lease: float = 60.0  # seconds a claimed delivery stays this node's without renewal (a dead node's work
     # passes to the other nodes after this)
 
@@ -69,23 +78,30 @@ class Engine:
     leadership: Leadership | None = None  # whether this node runs the periodic work (one node at a time)
     # called with each reload refused for invalid manifests (the `config.rejected` event's hook)
     on_config_rejected: Callable[[Rejection], None] | None = None
+    metrics: Metrics | None = None  # what /metrics shows; this engine's own registry
 
     def current(self) -> Snapshot:
         return self.snapshot
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        tls = listener_tls(self.options)  # first: a certificate that cannot be read leaves nothing running
+        self.metrics = Metrics(self.store, self.current)
         await self._start_links()
-        self.notifications = Dispatcher(self.current, self.inject, self.store.now)
+        notify_bus.attach(self.metrics)  # counts list events fired (from ticks and from mail commands)
+        self.notifications = Dispatcher(self.current, self.inject, self.store.now, metrics=self.metrics)
         self.notifications.start()
         self.scheduler = Scheduler(self.store, self.current, inject=self.inject, lease=self.options.lease,
                                    personalise=self.links.personal_copy, templates=TemplateCopies.load)
         self.spool = Spool(self.store, on_commit=self.scheduler.wake)
-        handler = ListHandler(self.current, self.spool, self.store.now, self.store)
+        self.scheduler.metrics = self.metrics
+        handler = SubmissionHandler(self.current, self.spool, self.store.now, self.store,
+                                    plaintext_auth=self.options.plaintext_auth, metrics=self.metrics)
 
         def protocol() -> SMTP:  # the hostname is given, so aiosmtpd never calls getfqdn per connection
-            return SMTP(handler, hostname=self.snapshot.hostname(), ident="listkeeper", decode_data=False,
-                        enable_SMTPUTF8=True, data_size_limit=self.options.data_size_limit)
+            return ListSMTP(handler, hostname=self.snapshot.hostname(), ident="listkeeper", decode_data=False,
+                            enable_SMTPUTF8=True, data_size_limit=self.options.data_size_limit,
+                            tls_context=tls, auth_require_tls=False)  # the handler decides when AUTH is offered
 
         try:
             self.server = await loop.create_server(protocol, host=self.options.host, port=self.options.port)
@@ -93,6 +109,7 @@ class Engine:
             if self.web is not None:
                 await self.web.close()
             await self.notifications.close()
+            notify_bus.detach(self.metrics)
             raise
         await self._start_follower()
         self.scheduler.node = self.follower.node  # the leases it claims name this node
@@ -108,7 +125,8 @@ class Engine:
         key = await asyncio.to_thread(signing_key, self.store.engine, "unsubscribe")
         options = self.options
         if options.http_port is not None:
-            self.web = await start_web(self.store, self.current, key, options.http_host, options.http_port)
+            self.web = await start_web(self.store, self.current, key, options.http_host, options.http_port,
+                                       self._operations())
         base = (options.base_url or (self.web.url if self.web else "")).rstrip("/") or None
         self.links = Links(key, base)
         if options.base_url or all(d.web_base_url for d in self.snapshot.domains.values()):
@@ -120,11 +138,17 @@ class Engine:
             log.warning("no HTTP listener and no --base-url: posts of domains without web_base_url carry "
                         "only the mailto unsubscribe, no one-click link")
 
+    def _operations(self) -> Operations:
+        """/metrics and /healthz on the HTTP listener."""
+        async def unhealthy() -> list[str]:
+            return await problems(self.store, lambda: self.server, self.metrics.probes)
+        return Operations(self.metrics.exposition, CONTENT_TYPE, unhealthy)
+
     async def _start_follower(self) -> None:
         """Hot reload: follow the files (if given) and the store's generation (always)."""
         self.follower = ConfigFollower(self.store, node_name(self.options.node, self.port), self.options.reload,
                                        self.current, self.install, self._config_rejected,
-                                       f"smtp://{self.options.host}:{self.port}")
+                                       f"smtp://{self.options.host}:{self.port}", metrics=self.metrics)
         await self.follower.start()
 
     def install(self, snapshot: Snapshot) -> None:
@@ -160,7 +184,7 @@ class Engine:
                 log.exception("event tick failed")
                 continue
             for item in fired:
-                log.info("event.fired list=%s event=%s count=%d", item.list_name, item.event, item.count)
+                note(log, "event.fired", list=item.list_name, event=item.event, subscribers=item.count, source="tick")
                 notify.emit("event.fired", list=item.list_name, event=item.event, subscribers=item.count,
                             source="tick")
             if fired:
@@ -178,6 +202,8 @@ class Engine:
                                              self.store.now()) if local else None
         record = fan_out(data, mail_from, local, snapshot, self.store.now(), membership) if local else \
             InboundRecord(mail_from, (), data, snapshot.generation, ())
+        if local and self.metrics is not None:
+            self.metrics.verdicts(record)
         if isinstance(record, Refused):
             log.warning("engine mail to %s refused: %s", recipients, record.reply)
             return
@@ -209,6 +235,28 @@ class Engine:
             await self.notifications.close()
         if self.spool is not None:
             await asyncio.to_thread(self.spool.close)
+        if self.metrics is not None:
+            notify_bus.detach(self.metrics)
+
+
+def listener_tls(options: ServeOptions) -> ssl.SSLContext | None:
+    """STARTTLS on the listener, from the certificate files; clients are not asked for certificates."""
+    if options.tls_cert is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(options.tls_cert, options.tls_key)
+    except ssl.SSLError:
+        raise
+    except OSError as exc:  # not readable: said as such, never as an address that cannot be listened on
+        raise CertificateUnreadable(f"cannot read the TLS certificate {options.tls_cert}"
+                                    f"{' or its key ' + options.tls_key if options.tls_key else ' (or its key)'}: "
+                                    f"{exc.strerror or exc}") from None
+    return context
+
+
+class CertificateUnreadable(Exception):
+    """The listener's certificate or key file cannot be read (permissions, I/O)."""
 
 
 async def start_engine(store: Store, options: ServeOptions) -> Engine:
@@ -226,5 +274,5 @@ async def serve_forever(store: Store, options: ServeOptions, ready=lambda engine
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, engine.follower.request, "sighup")
     await stop.wait()
-    log.info("stopping")
+    note(log, "serve.stopping", text="stopping: no new sessions; finishing what is in flight")
     await engine.stop()

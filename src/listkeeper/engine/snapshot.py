@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from listkeeper.manifests.accounts import SmtpAccountSpec
 from listkeeper.manifests.barring import BarringSpec
 from listkeeper.manifests.common import API_VERSION
 from listkeeper.manifests.directory import MemberDirectorySpec
@@ -53,6 +54,7 @@ class Snapshot:
     barring: tuple[BarringSpec, ...] = ()
     notifications: Mapping[str, NotificationSpec] = field(default_factory=lambda: MappingProxyType({}))  # by name
     reports: Mapping[str, ReportSpec] = field(default_factory=lambda: MappingProxyType({}))  # by name
+    accounts: Mapping[str, SmtpAccountSpec] = field(default_factory=lambda: MappingProxyType({}))  # by username
     # every applied resource's hash and validated spec: the next load reuses those whose hash is unchanged
     applied: Mapping[tuple[str, str], tuple[str, Any]] = field(default_factory=lambda: MappingProxyType({}),
                                                                repr=False, compare=False)
@@ -97,6 +99,7 @@ def _assemble(generation: int, applied: dict[tuple[str, str], tuple[str, Any]]) 
     barring: list[BarringSpec] = []
     notifications: dict[str, NotificationSpec] = {}
     reports: dict[str, ReportSpec] = {}
+    accounts: dict[str, SmtpAccountSpec] = {}
     for (kind, name), (_, spec) in sorted(applied.items()):
         if kind == "Domain":
             domains[spec.domain] = spec
@@ -114,10 +117,13 @@ def _assemble(generation: int, applied: dict[tuple[str, str], tuple[str, Any]]) 
             notifications[name] = spec
         elif kind == "Report":
             reports[name] = spec
+        elif kind == "SmtpAccount":
+            accounts[spec.username] = spec
         elif kind == "SuppressionList":
             addresses.update(spec.addresses)
             patterns.extend(spec.domains)
     return Snapshot(generation, MappingProxyType(domains), MappingProxyType(lists), routes,
                     MappingProxyType(relays), delivery, dns_settings, frozenset(addresses), tuple(patterns),
                     MappingProxyType(directories), tuple(barring), MappingProxyType(notifications),
-                    MappingProxyType(reports), MappingProxyType(applied))
+                    MappingProxyType(reports), accounts=MappingProxyType(accounts),
+                    applied=MappingProxyType(applied))

@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable
 
 from listkeeper import notify
+from listkeeper.logs import note, session_id
 from listkeeper.store import Store
 from listkeeper.store import queue as store_queue
 from listkeeper.store.queue import InboundRecord
@@ -31,7 +32,7 @@ class Spool:
     async def submit(self, record: InboundRecord) -> int:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._queue.put((record, future, loop))
+        self._queue.put((record, future, loop, session_id.get()))
         return await future
 
     def close(self) -> None:
@@ -61,17 +62,25 @@ class Spool:
     def _write(self, batch) -> None:
         try:
             with self._store.engine.begin() as conn:
-                ids = store_queue.spool(conn, [record for record, _, _ in batch], self._store.now())
+                stored = store_queue.spool_posts(conn, [record for record, _, _, _ in batch], self._store.now())
         except Exception as exc:  # the clients get 451 and retry; nothing was acknowledged
             log.exception("spool write failed for %d message(s)", len(batch))
-            for _, future, loop in batch:
+            for _, future, loop, _ in batch:
                 loop.call_soon_threadsafe(_settle, future, None, exc)
             return
-        for (_, future, loop), message_id in zip(batch, ids):
+        for (_, future, loop, _), (message_id, _) in zip(batch, stored):
             loop.call_soon_threadsafe(_settle, future, message_id, None)
         self._on_commit()
-        for (record, _, _), message_id in zip(batch, ids):
+        for (record, _, _, session), (message_id, posts) in zip(batch, stored):
             _announce_holds(record, message_id)
+            _log_posts(message_id, posts, session)
+
+
+def _log_posts(queue_id: int, posts, session: str | None) -> None:
+    """`post.queued`: which stored message (message_id, what deliveries name) each accepted copy is."""
+    for post_id, post in posts:
+        note(log, "post.queued", queue_id=queue_id, message_id=post_id, list=post.list_name or None,
+             state=post.state, reason=post.reason, session=session)
 
 
 def _announce_holds(record: InboundRecord, message_id: int) -> None:

@@ -76,8 +76,11 @@ def _node_state(node: Node, now: float, generation: int) -> str:
     return "running" if node.generation == generation else "running, reloading"
 
 
-def render_status(status: Status) -> str:
-    lines = [f"Configuration: generation {status.generation}"]
+def status_view(status: Status):
+    """The status as text lines and two tables (engines, queue); `terminal.show` prints it."""
+    from listkeeper import terminal
+    from listkeeper.terminal import Column
+    lines: list = [f"Configuration: generation {status.generation}"]
     applied = status.applied
     if applied is not None:
         lines.append(f"  applied {_by(applied)}")
@@ -91,10 +94,10 @@ def render_status(status: Status) -> str:
     lines.append("")
     if status.nodes:
         lines.append("Engines:")
-        lines.append(f"  {'node':<32}{'generation':>10}  {'loaded':<24}{'listening':<28}state")
-        for n in status.nodes:
-            lines.append(f"  {n.node:<32}{n.generation:>10}  {_utc(n.loaded_at):<24}{n.listening:<28}"
-                         f"{_node_state(n, status.at, status.generation)}")
+        lines.append(terminal.table(
+            [Column("node"), Column("generation", "right"), Column("loaded"), Column("listening"), Column("state")],
+            [(n.node, n.generation, _utc(n.loaded_at), n.listening, _node_state(n, status.at, status.generation))
+             for n in status.nodes], indent=2))
         if status.leader:
             lines.append(f"  leader (list events, digests, reports): {status.leader}")
     else:
@@ -111,10 +114,13 @@ def render_status(status: Status) -> str:
             lines.append(f"  (since then, generation {status.generation} was applied)")
     lines.append("")
     lines.append("Queue:")
-    lines.append(f"  {'state':<14}{'deliveries':>10}")
-    for state, count in sorted(status.deliveries.items()):
-        lines.append(f"  {state:<14}{count:>10}")
-    if not status.deliveries:
-        lines.append(f"  {'(empty)':<14}{0:>10}")
-    lines.append(f"  {'held posts':<14}{status.held:>10}")
-    return "\n".join(lines)
+    queue = sorted(status.deliveries.items()) or [("(empty)", 0)]
+    lines.append(terminal.table([Column("state"), Column("deliveries", "right")],
+                                [*queue, ("held posts", status.held)], indent=2))
+    return terminal.lines(*lines)
+
+
+def render_status(status: Status) -> str:
+    """The status as plain text (what `listkeeper status` prints into a pipe)."""
+    from listkeeper import terminal
+    return terminal.plain(status_view(status))

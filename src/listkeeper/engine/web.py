@@ -1,4 +1,4 @@
-"""The HTTP listener of `listkeeper serve`: one-click unsubscribe (RFC 8058).
+"""The HTTP listener of `listkeeper serve`: one-click unsubscribe (RFC 8058), `/metrics` and `/healthz`.
 
 GET /unsubscribe/TOKEN shows a small page with a button; POST to the same URL with the body
 `List-Unsubscribe=One-Click` (what mailbox providers send, and what the button sends) unsubscribes at
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from html import escape
 
@@ -103,11 +104,32 @@ class Handlers:
         return page("Unsubscribed", f"{where}: unsubscribed. You will get no more posts from this list.")
 
 
-def application(store: Store, current, key: bytes) -> web.Application:
+@dataclass(frozen=True)
+class Operations:
+    """What the operator's endpoints read: the metrics' text format, and what makes the engine unhealthy."""
+
+    metrics: Callable[[], Awaitable[bytes]]
+    content_type: str
+    problems: Callable[[], Awaitable[list[str]]]
+
+    async def get_metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=await self.metrics(), headers={"Content-Type": self.content_type})
+
+    async def get_health(self, request: web.Request) -> web.Response:
+        found = await self.problems()
+        if found:
+            return web.Response(text="\n".join(found) + "\n", status=503, headers={"Cache-Control": "no-store"})
+        return web.Response(text="ok\n", headers={"Cache-Control": "no-store"})
+
+
+def application(store: Store, current, key: bytes, operations: Operations | None = None) -> web.Application:
     handlers = Handlers(store, current, key)
     app = web.Application(client_max_size=64 * 1024)
     app.router.add_get(PATH + "{token}", handlers.confirm, allow_head=False)
     app.router.add_post(PATH + "{token}", handlers.unsubscribe)
+    if operations is not None:
+        app.router.add_get("/metrics", operations.get_metrics)
+        app.router.add_get("/healthz", operations.get_health)
     return app
 
 
@@ -126,8 +148,9 @@ class WebListener:
         await self.runner.cleanup()
 
 
-async def start_web(store: Store, current, key: bytes, host: str, port: int) -> WebListener:
-    runner = web.AppRunner(application(store, current, key), access_log=None, handle_signals=False)
+async def start_web(store: Store, current, key: bytes, host: str, port: int,
+                    operations: Operations | None = None) -> WebListener:
+    runner = web.AppRunner(application(store, current, key, operations), access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     try:

@@ -113,6 +113,20 @@ class SecretRef(Strict):
             return value
         return Path(self.file).read_text(encoding="utf-8").rstrip("\r\n")
 
+    def where(self) -> str:
+        """Where the secret lives, for messages: never its value."""
+        return f"file {self.file}" if self.file is not None else f"environment variable {self.env}"
+
+    def read(self, what: str) -> str:
+        """The secret's value, or a ValueError naming `what` and where it failed (never the value)."""
+        try:
+            return self.reveal()
+        except (OSError, LookupError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+            if isinstance(exc, LookupError):
+                reason = "it is not set"
+            raise ValueError(f"cannot read {what} from {self.where()}: {reason}") from None
+
 
 class Manifest(Strict):
     """The envelope every kind shares: apiVersion, kind, metadata, spec."""

@@ -43,6 +43,12 @@ class Dkim(Strict):
         default_factory=lambda: list(DEFAULT_SIGNED_HEADERS), min_length=1,
         description="Header fields to sign (From is required). Each is signed once per occurrence and "
                     "once more, so that none can be added after signing.")
+    arc: bool = Field(
+        default=False,
+        description="Also ARC-seal (RFC 8617) the posts this domain's lists send on, with this key: receivers "
+                    "then see that the post passed DKIM and DMARC when it reached the list, though the list "
+                    "changed it (subject prefix, DMARC munge). Off by default: each post then costs DNS lookups "
+                    "of the poster's DKIM key and DMARC record, and each copy two more RSA signatures.")
 
     @field_validator("headers")
     @classmethod

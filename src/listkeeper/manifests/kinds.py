@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .accounts import SmtpAccount
 from .barring import Barring
 from .common import Manifest
 from .directory import MemberDirectory
@@ -14,5 +15,5 @@ from .suppression import SuppressionList
 
 KINDS: dict[str, type[Manifest]] = {
     cls.KIND: cls for cls in (Barring, Domain, MailingList, MemberDirectory, RoutingTable, Relay, SuppressionList,
-                              Notification, Report)
+                              Notification, Report, SmtpAccount)
 }

@@ -19,14 +19,11 @@ class KeyProblem(ValueError):
 
 
 def load_dkim_key(secret: SecretRef) -> rsa.RSAPrivateKey:
-    where = f"file {secret.file}" if secret.file is not None else f"environment variable {secret.env}"
+    where = secret.where()
     try:
-        text = secret.reveal()
-    except (OSError, LookupError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
-        if isinstance(exc, LookupError):
-            reason = "it is not set"
-        raise KeyProblem(f"cannot read the DKIM key from {where}: {reason}") from None
+        text = secret.read("the DKIM key")
+    except ValueError as exc:
+        raise KeyProblem(str(exc)) from None
     try:
         key = load_pem_private_key(text.encode("ascii", "replace"), password=None)
     except (ValueError, TypeError):  # the library's message may quote the input: say it in our words

@@ -273,6 +273,22 @@ def _cross_check(resources: list[Resource], docs: dict) -> list[ManifestError]:
                 errors.append(ManifestError(docs[r.key].locate(("spec", "domain")), "spec.domain",
                                             f"domain {d} is already served by Domain {domains[d].name!r} at {domains[d].location}"))
             domains.setdefault(d, r)
+    errors.extend(_shared_usernames(resources, docs))
+    return errors
+
+
+def _shared_usernames(resources: list[Resource], docs: dict) -> list[ManifestError]:
+    """A login names one account: two with one username would make a password valid for both."""
+    first: dict[str, Resource] = {}
+    errors = []
+    for r in resources:
+        if r.kind == "SmtpAccount":
+            username = r.manifest.spec.username
+            found = first.setdefault(username, r)
+            if found is not r:
+                errors.append(ManifestError(docs[r.key].locate(("spec", "username")), "spec.username",
+                                            f"{username} is already the username of SmtpAccount {found.name!r} "
+                                            f"at {found.location}"))
     return errors
 
 

@@ -10,6 +10,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from listkeeper.logs import note
 from listkeeper.manifests.notifications import EmailAction, LogAction, NotificationSpec
 
 from . import bus
@@ -40,8 +41,9 @@ def describe(action) -> str:
 
 
 class Dispatcher:
-    def __init__(self, current: Callable, inject: Inject | None, clock: Callable[[], float]):
+    def __init__(self, current: Callable, inject: Inject | None, clock: Callable[[], float], metrics=None):
         self._current = current  # () -> Snapshot
+        self._metrics = metrics  # the engine's Metrics (engine/metrics.py), or None
         self._clock = clock
         self._inbox = Inbox(asyncio.get_running_loop(), clock)
         self._gate = Gate()
@@ -79,7 +81,10 @@ class Dispatcher:
                 continue
             admitted = self._gate.admit(name, spec.max_frequency, event)
             if admitted is None:
-                log.debug("notification %s: %s held back by max_frequency", name, event.type)
+                note(log, "notification.suppressed", level=logging.DEBUG, notification=name, type=event.type,
+                     event_id=event.id, text="held back by max_frequency")
+                if self._metrics is not None:
+                    self._metrics.notification_suppressed(name)
                 continue
             notice = Notice(name, event, admitted.count, admitted.since)
             for index, action in enumerate(spec.actions):
@@ -105,17 +110,26 @@ class Dispatcher:
 
     async def _perform(self, slot: asyncio.Semaphore, action, notice: Notice) -> None:
         async with slot:
+            outcome = None  # stays None when cancelled (the engine stops): neither sent nor failed
             try:
                 await self._actions.run(action, notice, self._clock())
+                outcome = "sent"
+                note(log, "notification.sent", notification=notice.notification, action=action.type,
+                     target=describe(action), type=notice.event.type, event_id=notice.event.id, events=notice.count)
             except ActionFailed as exc:
+                outcome = "failed"
                 log.warning("notification %s: %s failed for %s %s: %s", notice.notification, describe(action),
-                            notice.event.type, notice.event.id, exc)
+                            notice.event.type, notice.event.id, exc,
+                            extra=_failed(notice, action, str(exc)))
             except Exception as exc:  # noqa: BLE001 - a web hook's error text might quote its URL: left out
+                outcome = "failed"
                 text = type(exc).__name__ if action.type == "webhook" else f"{type(exc).__name__}: {exc}"
                 log.warning("notification %s: %s failed for %s %s: %s", notice.notification, describe(action),
-                            notice.event.type, notice.event.id, text)
+                            notice.event.type, notice.event.id, text, extra=_failed(notice, action, text))
             finally:
                 self.done += 1
+                if self._metrics is not None and outcome is not None:
+                    self._metrics.notification(notice.notification, action.type, outcome)
 
     def _mail_parts(self) -> tuple[str, str]:
         snapshot = self._current()
@@ -135,3 +149,11 @@ class Dispatcher:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._actions.close()
+
+
+def _failed(notice: Notice, action, error: str) -> dict:
+    """The structured side of a failed action's warning (its text stays as operators know it)."""
+    return {"event": "notification.failed", "text": "", "fields": {
+        "notification": notice.notification, "action": action.type, "target": describe(action),
+        "type": notice.event.type,
+        "event_id": notice.event.id, "error": error}}

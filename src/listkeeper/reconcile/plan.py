@@ -22,7 +22,7 @@ class _Missing:
 MISSING = _Missing()
 # creation order: what others reference comes first; deletion runs the other way
 KIND_ORDER = {"Domain": 0, "Relay": 1, "RoutingTable": 2, "SuppressionList": 3, "Barring": 3, "MemberDirectory": 4, "MailingList": 5,
-              "Notification": 6, "Report": 6}
+              "Notification": 6, "Report": 6, "SmtpAccount": 6}
 
 
 class Action(str, Enum):

@@ -17,7 +17,7 @@ MARKERS = {Action.create: ("+", "green"), Action.update: ("~", "yellow"),
 
 def show_value(value: Any) -> str:
     if is_secret(value):  # a reference is shown; its value is never resolved at plan time
-        return "{" + ", ".join(f"{k}: {v}" for k, v in value.items()) + "}"
+        return "{" + ", ".join(f"{k}: {v}" for k, v in value.items()) + "} (sensitive)"
     return json.dumps(value, ensure_ascii=False)
 
 

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, event, text
+import sqlalchemy
+from sqlalchemy import create_engine, event, make_url, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError
 
 DEFAULT_URL = "sqlite:///var/listkeeper.db"
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -23,24 +25,38 @@ class StoreError(Exception):
 
 
 def store_url(url: str | None) -> str:
-    """The URL given (or LISTKEEPER_STORE, or the default); a plain postgresql:// (or postgres://) URL
-    means psycopg 3, the driver listkeeper installs, not SQLAlchemy's default psycopg2."""
-    url = url or os.environ.get("LISTKEEPER_STORE") or DEFAULT_URL
-    for plain in ("postgresql://", "postgres://"):
-        if url.startswith(plain):
-            return "postgresql+psycopg://" + url[len(plain):]
+    return url or os.environ.get("LISTKEEPER_STORE") or DEFAULT_URL
+
+
+def _with_driver(url: str) -> str:
+    """A plain postgresql:// URL means psycopg 3, the driver listkeeper installs: SQLAlchemy 2.1's default,
+    while 2.0 would look for psycopg2."""
+    if url.startswith("postgresql://") and sqlalchemy.__version__.startswith("2.0."):
+        return "postgresql+psycopg://" + url.removeprefix("postgresql://")
     return url
+
+
+def _shown(url: str) -> str:
+    """The URL as errors show it: never with its password."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):  # e.g. a port that is not a number: hide what looks like a password
+        return re.sub(r"(://[^/:@]*:)[^@/]*@", r"\1***@", url)
 
 
 def create_store_engine(url: str) -> Engine:
     try:
-        engine = create_engine(url, future=True)
-    except (ArgumentError, ImportError) as exc:
-        raise StoreError(f"bad store URL {url!r}: {exc}") from None
+        engine = create_engine(_with_driver(url), future=True)
+    except (ArgumentError, ImportError, ValueError) as exc:  # ValueError: a port that is not a number
+        raise StoreError(f"bad store URL {_shown(url)!r}: {exc}") from None
     if engine.dialect.name == "sqlite":
         database = engine.url.database
         if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot open store {_shown(url)}: cannot create the folder of {database}: "
+                                 f"{exc.strerror or exc}") from None
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_connection, _record):  # every connection: WAL, durable commits
@@ -68,8 +84,14 @@ def migrate(engine: Engine) -> None:
             if engine.dialect.name == "postgresql":  # nodes starting together: one migrates, the others wait
                 connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
             command.upgrade(alembic_config(connection), "head")
-    except OperationalError as exc:
-        raise StoreError(f"cannot open store {engine.url.render_as_string(hide_password=True)}: {exc.orig}") from None
+    except DBAPIError as exc:  # cannot connect, not a database, no such database, permission denied ...
+        raise StoreError(f"cannot open store {engine.url.render_as_string(hide_password=True)}: "
+                         f"{_one_line(exc.orig)}") from None
+
+
+def _one_line(error: BaseException | None) -> str:
+    """A driver's message on one line (PostgreSQL's add hints on lines of their own)."""
+    return "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
 
 
 def is_current(engine: Engine) -> bool:

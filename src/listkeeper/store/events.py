@@ -14,6 +14,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.visitors import InternalTraversal
 from sqlalchemy.types import Boolean
 
 from listkeeper.manifests.events import Dependency, EventSpec
@@ -37,7 +38,8 @@ class _ReceivingRow(ColumnElement):
     so there the index is named."""
 
     type = Boolean()
-    inherit_cache = False
+    inherit_cache = True  # cached as its inner statement is: a tick compiles each statement once per process
+    _traverse_internals = [("check", InternalTraversal.dp_clauseelement)]
 
     def __init__(self, list_name: str, address):
         self.check = select(literal_column("1")).where(  # not SELECT *: that would read the row
@@ -233,6 +235,10 @@ def receiving(list_name: str):
     """Who receives the list now (posts or digests), as a statement: the members events fire for."""
     return select(subscribers.c.address).where(subscribers.c.list_name == list_name, _receiving()) \
         .order_by(subscribers.c.address)
+
+
+def receiving_count(conn: Connection, list_name: str) -> int:
+    return conn.execute(select(func.count()).select_from(receiving(list_name).order_by(None).subquery())).scalar_one()
 
 
 def receiving_among(conn: Connection, list_name: str, addresses: Iterable[str]) -> list[str]:

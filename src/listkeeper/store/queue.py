@@ -81,6 +81,12 @@ def spool(conn: Connection, records: Iterable[InboundRecord], now: float) -> lis
     """Store accepted messages with their posts and deliveries; the caller commits once for all.
 
     Three executemany statements per batch, whatever its size: group commit stays cheap."""
+    return [inbound_id for inbound_id, _ in spool_posts(conn, records, now)]
+
+
+def spool_posts(conn: Connection, records: Iterable[InboundRecord],
+                now: float) -> list[tuple[int, list[tuple[int, PostRecord]]]]:
+    """`spool`, saying also each stored message's posts with their ids (what the logs link)."""
     records = list(records)
     if not records:
         return []
@@ -93,14 +99,17 @@ def spool(conn: Connection, records: Iterable[InboundRecord], now: float) -> lis
     # The posts' recipients are read from the store now: they carry the generation in force in this
     # transaction, which a reload may have moved past the accepting session's snapshot.
     in_force = config.generation_in_force(conn)
-    insert_posts(conn, [(inbound_id, in_force, p) for inbound_id, r in zip(inbound_ids, records)
-                        for p in r.posts], now)
+    rows = [(inbound_id, in_force, p) for inbound_id, r in zip(inbound_ids, records) for p in r.posts]
+    stored: dict[int, list[tuple[int, PostRecord]]] = {inbound_id: [] for inbound_id in inbound_ids}
+    for (inbound_id, _, post), post_id in zip(rows, insert_posts(conn, rows, now)):
+        stored[inbound_id].append((post_id, post))
     for inbound_id, record in zip(inbound_ids, records):
         for action in record.then:
-            more = action(conn, now)
+            more = list(action(conn, now) or ())
             if more:
-                insert_posts(conn, [(inbound_id, in_force, p) for p in more], now)
-    return list(inbound_ids)
+                post_ids = insert_posts(conn, [(inbound_id, in_force, p) for p in more], now)
+                stored[inbound_id].extend(zip(post_ids, more))
+    return [(inbound_id, stored[inbound_id]) for inbound_id in inbound_ids]
 
 
 def _delivery_statement(conn: Connection) -> str:
