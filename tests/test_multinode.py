@@ -129,3 +129,33 @@ def test_status_names_the_leader():
     lines = render_status(Status(100.0, 3, None, None, nodes, {}, 0, leader="mx2:25")).splitlines()
     assert lines[lines.index("Engines:") + 4] == "  leader (list events, digests, reports): mx2:25"
     assert not any("leader" in line for line in render_status(Status(100.0, 3, None, None, nodes, {}, 0)).splitlines())
+
+
+async def test_sqlite_restarted_under_another_name_resends_what_it_was_sending_at_once(tmp_path):
+    """SQLite has one node: whatever a crashed engine was sending is due again when it starts, even when
+    its name changed (the default names the host, which a new container changes), not a lease later."""
+    from listkeeper.store import queue
+
+    conf = tmp_path / "conf"
+    write(conf, "domain.yaml", DOMAIN)
+    write(conf, "members.yaml", members(["alice@example.org"]))
+    write(conf, "routes.yaml", pickup_routes(tmp_path / "outbox"))
+    store = Store.open(f"sqlite:///{tmp_path}/store.db")
+    try:
+        reconcile(load_manifests([conf]), store)
+        record = queue.InboundRecord("bob@example.org", ("members@example.org",), b"x", 1, (
+            queue.PostRecord("members", "queued", "member", b"Subject: hi\r\n\r\nhi\r\n", "",
+                             ("alice@example.org",)),))
+        with store.engine.begin() as conn:
+            queue.spool(conn, [record], store.now())
+            (claimed,) = queue.claim_due(conn, store.now(), 10, 60.0, "old-container:2525")  # then it crashed
+        engine = await start_engine(store, ServeOptions(port=0, http_port=None, node="new-container:2525"))
+        try:
+            def delivered():
+                with store.engine.connect() as conn:
+                    return queue.delivery(conn, claimed.delivery_id)["state"] == "delivered"
+            await wait_for(delivered, timeout=10)
+        finally:
+            await asyncio.wait_for(engine.stop(), timeout=20)
+    finally:
+        store.close()

@@ -161,9 +161,10 @@ class Scheduler:
 
     def _release_all(self) -> None:
         """At start: what this node was sending when it stopped is due again, and so is every expired
-        lease. Other live nodes' leases stay theirs. Without a node name, this is the only node."""
+        lease. Other live nodes' leases stay theirs. Without a node name, or on SQLite (one node only),
+        this is the only node: every lease is released, whatever name it was claimed under."""
         with self._store.engine.begin() as conn:
-            if self.node is None:
+            if self.node is None or conn.dialect.name != "postgresql":
                 store_queue.release_expired(conn, float("inf"))
                 return
             store_queue.release_own(conn, self.node, self._clock())
