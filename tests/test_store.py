@@ -135,3 +135,51 @@ def test_a_plain_postgresql_url_means_psycopg_3(given):
     engine = create_store_engine(given)  # connects only when used
     assert (engine.dialect.name, engine.dialect.driver) == ("postgresql", "psycopg")
     engine.dispose()
+
+
+def test_lease_renewal_never_deadlocks_with_the_nodes_own_outcome_writes(store):
+    """PostgreSQL: a node renews its leases (one thread) while it writes outcomes of some of the same
+    deliveries (another). The two UPDATEs lock rows in different orders; renewal must not wait for rows
+    an outcome write holds (they are leaving 'sending'), or the server aborts one as a deadlock."""
+    import random
+    import threading
+    import time
+
+    if store.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has one writer at a time")
+    record = queue.InboundRecord("a@x.org", ("l@x.org",), b"raw", 1, (
+        queue.PostRecord("l", "queued", "member", b"copy", "", tuple(f"r{i}@y.org" for i in range(3000))),))
+    with store.engine.begin() as conn:
+        queue.spool(conn, [record], 1000.0)
+        ids = [d.delivery_id for d in queue.claim_due(conn, 1000.0, 5000, 60, "mx1")]
+    errors: list[str] = []
+    stop = time.monotonic() + 8.0
+
+    def renew():
+        while time.monotonic() < stop and not errors:
+            try:
+                with store.engine.begin() as conn:
+                    queue.renew_leases(conn, "mx1", 1100.0, 1000.0)
+            except Exception as exc:  # noqa: BLE001
+                errors.append(f"renewal: {type(exc).__name__}: {exc}")
+
+    def write_outcomes():
+        rng = random.Random(7)
+        while time.monotonic() < stop and not errors:
+            batch = rng.sample(ids, 1000)  # outcomes come in the order sends finish
+            try:
+                with store.engine.begin() as conn:
+                    queue.record_outcomes(conn, [queue.Outcome(i, "delivered", "pickup") for i in batch],
+                                          1000.0, owner="mx1")
+                with store.engine.begin() as conn:  # back to sending, for the next round
+                    conn.execute(text("update deliveries set state = 'sending', lease_until = 1060 "
+                                      f"where id in ({','.join(map(str, sorted(batch)))})"))
+            except Exception as exc:  # noqa: BLE001
+                errors.append(f"outcomes: {type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=renew), threading.Thread(target=write_outcomes)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert errors == []

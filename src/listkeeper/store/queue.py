@@ -200,10 +200,15 @@ def release_own(conn: Connection, owner: str, now: float) -> int:
 
 def renew_leases(conn: Connection, owner: str, until: float, now: float) -> int:
     """A live node keeps what it claimed: its leases are pushed on, so a short lease is only ever lost
-    by a node that stopped renewing (it died, or lost the store)."""
-    return conn.execute(update(deliveries).where(
-        deliveries.c.state == "sending", deliveries.c.claimed_by == owner, deliveries.c.lease_until >= now,
-    ).values(lease_until=until)).rowcount
+    by a node that stopped renewing (it died, or lost the store).
+
+    PostgreSQL: rows locked by another transaction (this node's own outcome write, in another thread)
+    are skipped, not waited for: they are leaving 'sending', and two UPDATEs locking the same rows in
+    different orders would deadlock. A row skipped now is renewed at the next renewal, well before expiry."""
+    mine = (select(deliveries.c.id)
+            .where(deliveries.c.state == "sending", deliveries.c.claimed_by == owner, deliveries.c.lease_until >= now)
+            .with_for_update(skip_locked=True))
+    return conn.execute(update(deliveries).where(deliveries.c.id.in_(mine)).values(lease_until=until)).rowcount
 
 
 def claim_due(conn: Connection, now: float, limit: int, lease: float, owner: str | None = None) -> list[Due]:
