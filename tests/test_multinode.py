@@ -159,3 +159,39 @@ async def test_sqlite_restarted_under_another_name_resends_what_it_was_sending_a
             await asyncio.wait_for(engine.stop(), timeout=20)
     finally:
         store.close()
+
+
+async def test_a_second_node_under_a_live_nodes_name_leaves_its_deliveries_in_flight_alone(tmp_path):
+    """Two nodes given the same --node (a copied unit file, two hosts both named localhost): the one
+    starting second must not release what the live one is sending, or both send it."""
+    from listkeeper.store import queue
+
+    conf = tmp_path / "conf"
+    write(conf, "domain.yaml", DOMAIN)
+    write(conf, "members.yaml", members(["alice@example.org"]))
+    write(conf, "routes.yaml", pickup_routes(tmp_path / "outbox"))
+    with pg_database() as url:
+        store = Store.open(url)
+        reconcile(load_manifests([conf]), store)
+        first = await start_engine(store, ServeOptions(port=0, http_port=None, node="mx"))
+        second = None
+        try:
+            await wait_for(lambda: first.leadership.leading, timeout=10)  # its named connection is open
+            record = queue.InboundRecord("bob@example.org", ("members@example.org",), b"x", 1, (
+                queue.PostRecord("members", "queued", "member", b"Subject: hi\r\n\r\nhi\r\n", "",
+                                 ("alice@example.org",)),))
+            with store.engine.begin() as conn:  # what the first node is sending now (claimed as its own)
+                queue.spool(conn, [record], store.now())
+                (claimed,) = queue.claim_due(conn, store.now(), 10, 60.0, "mx")
+            other = Store.open(url)
+            second = await start_engine(other, ServeOptions(port=0, http_port=None, node="mx"))
+            await asyncio.sleep(1.5)  # its scheduler has started and run
+            with store.engine.connect() as conn:
+                row = queue.delivery(conn, claimed.delivery_id)
+            assert (row["state"], row["attempts"]) == ("sending", 0)
+        finally:
+            if second is not None:
+                await asyncio.wait_for(second.stop(), timeout=20)
+                other.close()
+            await asyncio.wait_for(first.stop(), timeout=20)
+            store.close()

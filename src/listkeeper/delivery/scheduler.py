@@ -97,6 +97,8 @@ class Pace:
 
 class Scheduler:
     metrics = None  # the engine's Metrics (engine/metrics.py), set after construction; None: not counted
+    # False when another live node already runs under this node's name: its leases are not this one's
+    release_own = True
 
     def __init__(self, store: Store, current, *, inject: Inject | None = None,
                  clock: Callable[[], float] | None = None, lease: float = 300.0,
@@ -167,7 +169,8 @@ class Scheduler:
             if self.node is None or conn.dialect.name != "postgresql":
                 store_queue.release_expired(conn, float("inf"))
                 return
-            store_queue.release_own(conn, self.node, self._clock())
+            if self.release_own:
+                store_queue.release_own(conn, self.node, self._clock())
             store_queue.release_expired(conn, self._clock())
 
     async def keep_leases(self) -> None:

@@ -18,6 +18,7 @@ from listkeeper.delivery.scheduler import Scheduler
 from listkeeper.notify import bus as notify_bus
 from listkeeper.notify.dispatch import Dispatcher
 from listkeeper.store import Store
+from listkeeper.store import nodes as store_nodes
 from listkeeper.store.queue import InboundRecord, PostRecord
 from listkeeper.store.signing import signing_key
 
@@ -113,6 +114,10 @@ class Engine:
             raise
         await self._start_follower()
         self.scheduler.node = self.follower.node  # the leases it claims name this node
+        if await asyncio.to_thread(self._named_elsewhere):  # before this node's leadership connection opens
+            log.error("another live engine runs as node %s: its deliveries in flight are not released here; "
+                      "give each node its own --node", self.follower.node)
+            self.scheduler.release_own = False
         self.leadership = Leadership(self.store, self.follower.node)
         self.tasks.append(asyncio.create_task(self.leadership.keep(), name="leadership"))
         self.tasks.append(asyncio.create_task(self.scheduler.keep_leases(), name="delivery-leases"))
@@ -137,6 +142,10 @@ class Engine:
         else:
             log.warning("no HTTP listener and no --base-url: posts of domains without web_base_url carry "
                         "only the mailto unsubscribe, no one-click link")
+
+    def _named_elsewhere(self) -> bool:
+        with self.store.engine.connect() as conn:
+            return store_nodes.named_elsewhere(conn, self.follower.node)
 
     def _operations(self) -> Operations:
         """/metrics and /healthz on the HTTP listener."""

@@ -64,3 +64,13 @@ def leader(conn: Connection) -> str | None:
         "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = 0 AND l.objid = :key AND l.objsubid = 1"),
         {"key": LEADER_LOCK}).scalar()
     return name.removeprefix(LEADER_APPLICATION) if name else None
+
+
+def named_elsewhere(conn: Connection, node: str) -> bool:
+    """PostgreSQL: whether a live engine already runs under this node name (its leadership connection,
+    which carries the name, is open). Ask before this engine opens its own. SQLite: never."""
+    if conn.dialect.name != "postgresql":
+        return False
+    return bool(conn.execute(text(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = :name AND pid <> pg_backend_pid()"),
+        {"name": f"{LEADER_APPLICATION}{node}"[:63]}).scalar())
