@@ -137,10 +137,12 @@ def test_a_plain_postgresql_url_means_psycopg_3(given):
     engine.dispose()
 
 
-def test_lease_renewal_never_deadlocks_with_the_nodes_own_outcome_writes(store):
+@pytest.mark.parametrize("other", ["renewal", "release"])
+def test_lease_upkeep_never_deadlocks_with_outcome_writes(store, other):
     """PostgreSQL: a node renews its leases (one thread) while it writes outcomes of some of the same
-    deliveries (another). The two UPDATEs lock rows in different orders; renewal must not wait for rows
-    an outcome write holds (they are leaving 'sending'), or the server aborts one as a deadlock."""
+    deliveries (another); or, its leases expired, another node releases them while it writes its late
+    outcomes. The UPDATEs lock rows in different orders; renewal and release must not wait for rows an
+    outcome write holds (they are leaving 'sending'), or the server aborts one as a deadlock."""
     import random
     import threading
     import time
@@ -159,9 +161,12 @@ def test_lease_renewal_never_deadlocks_with_the_nodes_own_outcome_writes(store):
         while time.monotonic() < stop and not errors:
             try:
                 with store.engine.begin() as conn:
-                    queue.renew_leases(conn, "mx1", 1100.0, 1000.0)
+                    if other == "renewal":
+                        queue.renew_leases(conn, "mx1", 1100.0, 1000.0)
+                    else:  # another node, past the leases
+                        queue.release_expired(conn, 2000.0)
             except Exception as exc:  # noqa: BLE001
-                errors.append(f"renewal: {type(exc).__name__}: {exc}")
+                errors.append(f"{other}: {type(exc).__name__}: {exc}")
 
     def write_outcomes():
         rng = random.Random(7)

@@ -184,10 +184,13 @@ def insert_posts(conn: Connection, posts: list[tuple[int | None, int, PostRecord
 
 def release_expired(conn: Connection, now: float) -> int:
     """Deliveries whose lease ran out (a crashed node) become due again. Who claimed them stays
-    recorded, so the outcome of a node that was only slow still counts until another node claims them."""
-    return conn.execute(update(deliveries).where(
-        deliveries.c.state == "sending", deliveries.c.lease_until < now,
-    ).values(state="deferred", lease_until=None, updated_at=now)).rowcount
+    recorded, so the outcome of a node that was only slow still counts until another node claims them.
+    PostgreSQL: rows another transaction holds (that slow node writing its outcomes) are skipped, not
+    waited for (a deadlock otherwise); the next release finds them if they are still expired."""
+    expired = (select(deliveries.c.id).where(deliveries.c.state == "sending", deliveries.c.lease_until < now)
+               .with_for_update(skip_locked=True))
+    return conn.execute(update(deliveries).where(deliveries.c.id.in_(expired))
+                        .values(state="deferred", lease_until=None, updated_at=now)).rowcount
 
 
 def release_own(conn: Connection, owner: str, now: float) -> int:
