@@ -195,3 +195,37 @@ async def test_a_second_node_under_a_live_nodes_name_leaves_its_deliveries_in_fl
                 other.close()
             await asyncio.wait_for(first.stop(), timeout=20)
             store.close()
+
+
+async def test_each_loss_of_the_notice_connection_is_logged(tmp_path, caplog):
+    """The listening connection dies (a server restart, a failover) and comes back, twice: each loss is
+    a warning and each return is said, not only the first loss of the engine's life."""
+    import logging
+
+    conf = tmp_path / "conf"
+    write(conf, "domain.yaml", DOMAIN)
+    write(conf, "members.yaml", members(["alice@example.org"]))
+    with pg_database() as url:
+        store = Store.open(url)
+        reconcile(load_manifests([conf]), store)
+        engine = await start_engine(store, ServeOptions(port=0, http_port=None,
+                                                        reload=ReloadOptions(poll_interval=60.0)))
+        caplog.set_level(logging.INFO, logger="listkeeper")
+
+        def listener() -> int | None:
+            with store.engine.connect() as conn:
+                return conn.execute(text("select pid from pg_stat_activity where datname = current_database() "
+                                         "and query like 'LISTEN%'")).scalar()
+        try:
+            for _ in range(2):
+                pid = await wait_for(listener, timeout=15)
+                with store.engine.connect() as conn:
+                    conn.execute(text("select pg_terminate_backend(:pid)"), {"pid": pid})
+                await wait_for(lambda: listener() not in (None, pid), timeout=15)  # listening again
+            await asyncio.sleep(0.5)
+        finally:
+            await asyncio.wait_for(engine.stop(), timeout=20)
+            store.close()
+    lost = [r for r in caplog.records if "listening for configuration notices failed" in r.getMessage()]
+    back = [r for r in caplog.records if "listening for configuration notices again" in r.getMessage()]
+    assert (len(lost), len(back)) == (2, 2)

@@ -255,10 +255,16 @@ class ConfigFollower:
         """PostgreSQL: a generation committed anywhere is announced (LISTEN/NOTIFY) and loaded at once;
         polling stays as the fallback for notices missed while the listening connection was down."""
         said = False
+
+        def listening() -> None:  # each loss is said, and so is each return
+            nonlocal said
+            if said:
+                log.info("listening for configuration notices again")
+                said = False
+
         while True:
             try:
-                async for generation in applied_config.generation_notices(self.store.engine):
-                    said = False
+                async for generation in applied_config.generation_notices(self.store.engine, listening):
                     if generation not in (self._current().generation, self._unloadable):
                         self._wake.set()
             except Exception as exc:  # noqa: BLE001 - the store went away: polling carries on meanwhile

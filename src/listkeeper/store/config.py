@@ -207,13 +207,16 @@ def write_resources(conn: Connection, upserts: list[ResourceWrite], deletes: lis
     return new_generation
 
 
-async def generation_notices(engine) -> AsyncIterator[int]:
-    """PostgreSQL: each generation committed from now on, as its reconcile commits (LISTEN/NOTIFY)."""
+async def generation_notices(engine, listening=None) -> AsyncIterator[int]:
+    """PostgreSQL: each generation committed from now on, as its reconcile commits (LISTEN/NOTIFY).
+    `listening`, if given, is called once LISTEN is in place."""
     import psycopg
 
     conninfo = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
     async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
         await conn.execute(f"LISTEN {CONFIG_CHANNEL}")
+        if listening is not None:
+            listening()
         async for notice in conn.notifies():
             yield int(notice.payload)
 
