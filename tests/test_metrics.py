@@ -270,3 +270,31 @@ async def test_healthz_is_503_while_the_store_is_unreachable_and_200_again_after
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+async def test_healthz_against_a_hung_store_keeps_one_probe_thread_not_one_per_request(monkeypatch):
+    """A store that accepts connections and never answers (a hung server, a half-dead failover): each
+    /healthz answers 'no answer' after its timeout, but the blocked probe is not started again per
+    request. Otherwise a probe every few seconds fills the engine's worker threads, which the queue's
+    claims, lease renewals and the leader check share, and they stay blocked after the store returns."""
+    import socket
+    import threading
+
+    from listkeeper.engine import health
+    from listkeeper.store import Store
+    from listkeeper.store.database import create_store_engine
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)  # the kernel completes connections; nothing ever reads or answers them
+    store = Store(create_store_engine(f"postgresql://postgres@127.0.0.1:{silent.getsockname()[1]}/test"))
+    monkeypatch.setattr(health, "TIMEOUT", 0.2)
+    try:
+        await health.store_problem(store)  # the executor's first thread exists from here on
+        before = threading.active_count()
+        for _ in range(8):
+            assert await health.store_problem(store) == "store: no answer within 0.2 s"
+        assert threading.active_count() - before <= 1
+    finally:
+        silent.close()  # the waiting connections are reset: the blocked probes end
+        store.engine.dispose()

@@ -24,10 +24,26 @@ def _select_one(store: Store) -> None:
         conn.execute(text("SELECT 1")).scalar_one()
 
 
+# the store probe still running, by store: a probe that outlives its timeout (a hung server) is waited
+# for again by the next request, never started a second time, so it holds one worker thread, not one each
+_probing: dict[int, asyncio.Future] = {}
+
+
+def _probe_ended(key: int, probe: asyncio.Future) -> None:
+    if _probing.get(key) is probe:
+        del _probing[key]
+    if not probe.cancelled():
+        probe.exception()  # retrieved: a probe that ended after its request gave up is not logged as lost
+
+
 async def store_problem(store: Store) -> str | None:
+    probe = _probing.get(id(store))
+    if probe is None or probe.done() or probe.get_loop() is not asyncio.get_running_loop():
+        probe = _probing[id(store)] = asyncio.ensure_future(asyncio.to_thread(_select_one, store))
+        probe.add_done_callback(lambda done, key=id(store): _probe_ended(key, done))
     try:
         async with asyncio.timeout(TIMEOUT):
-            await asyncio.to_thread(_select_one, store)
+            await asyncio.shield(probe)
     except TimeoutError:
         return f"store: no answer within {TIMEOUT:g} s"
     except Exception as exc:  # noqa: BLE001 - any failure is the answer
