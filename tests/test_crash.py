@@ -43,6 +43,72 @@ def wait(predicate, timeout: float) -> None:
         time.sleep(0.05)
 
 
+def write_fanout(tmp_path: Path, sink_port: int, count: int) -> None:
+    """A list of `count` members delivered through a relay: the loopback sink."""
+    conf = tmp_path / "conf"
+    write(conf, "domain.yaml", DOMAIN)
+    people = "".join(f"    - address: u{i}@d{i % 100}.example\n" for i in range(count))
+    write(conf, "list.yaml", "apiVersion: listkeeper/v1\nkind: MailingList\nmetadata: {name: big}\nspec:\n"
+                             "  address: big@example.org\n  type: announce\n  subscribers:\n"
+                             "    - address: chair@example.org\n      roles: [moderator]\n" + people)
+    write(conf, "routes.yaml", f"""
+apiVersion: listkeeper/v1
+kind: Relay
+metadata: {{name: sink}}
+spec: {{host: 127.0.0.1, port: {sink_port}, tls: none}}
+---
+apiVersion: listkeeper/v1
+kind: RoutingTable
+metadata: {{name: default}}
+spec:
+  routes:
+    - match: "*"
+      transport: relay
+      relay: sink
+  delivery: {{max_connections: 8, per_destination: 8}}
+""")
+
+
+def test_sigterm_mid_fanout_sends_nobody_the_post_twice(tmp_path):
+    """A graceful stop in the middle of a fan-out over SMTP: the sends in flight finish and are recorded,
+    what was claimed but not sent goes back to the queue at once (no lease to wait for), serve exits 0,
+    and after a restart every member has the post exactly once."""
+    count = 3000
+    sink, controller = start_sink()
+    try:
+        write_fanout(tmp_path, controller.port, count)
+        port = free_port()
+        proc = start_serve(tmp_path, port)
+        import smtplib
+        with smtplib.SMTP("127.0.0.1", port, timeout=60) as client:
+            client.sendmail("chair@example.org", ["big@example.org"],
+                            b"From: chair@example.org\r\nSubject: Everyone\r\n\r\nHello all.\r\n")
+        wait(lambda: len(sink.received) >= 500, 120)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        db = sqlite3.connect(tmp_path / "store.db")
+        states = dict(db.execute("select state, count(*) from deliveries group by state").fetchall())
+        db.close()
+        assert "sending" not in states, states
+        assert 0 < states.get("delivered", 0) < count, "the stop must land in the middle of the fan-out"
+        assert states["delivered"] == len(sink.rcpts()), "every send that happened is recorded as delivered"
+
+        proc = start_serve(tmp_path, port)
+        try:
+            db = sqlite3.connect(tmp_path / "store.db")
+            wait(lambda: db.execute("select count(*) from deliveries where state='delivered'").fetchone()[0]
+                 == count, 300)
+            db.close()
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0
+        got = Counter(r for item in sink.received for r in item.rcpts)
+        assert len(got) == count
+        assert max(got.values()) == 1, f"{sum(n > 1 for n in got.values())} members got the post twice"
+    finally:
+        controller.stop()
+
+
 def test_sigkill_mid_fanout_resends_only_what_was_in_flight(tmp_path):
     sink, controller = start_sink()
     try:

@@ -192,6 +192,9 @@ def reconcile(paths, store_url, dry_run, prune, detailed_exitcode, output, revis
 @click.option("--lease", default=60.0, show_default=True, type=click.FloatRange(min=1.0),
               help="Seconds a delivery claimed by this node stays its own unless renewed; a stopped node's "
                    "deliveries pass to the other nodes after this.")
+@click.option("--stop-timeout", default=10.0, show_default=True, type=click.FloatRange(min=0.0),
+              help="On SIGTERM or Ctrl-C, seconds the sends in flight get to finish; what was not sent is "
+                   "put back in the queue at once.")
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False),
               help="PEM certificate chain: the SMTP listener offers STARTTLS.")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False),
@@ -201,7 +204,8 @@ def reconcile(paths, store_url, dry_run, prune, detailed_exitcode, output, revis
               help="SMTP AUTH (SmtpAccounts) without TLS: never, for clients on this host, or always. "
                    "After STARTTLS it is always offered.")
 def serve(paths, store_url, host, port, prune, log_level, log_format, use_uvloop, tick_interval, http_host,
-          http_port, no_http, base_url, no_watch, node, lease, tls_cert, tls_key, plaintext_auth) -> None:
+          http_port, no_http, base_url, no_watch, node, lease, stop_timeout, tls_cert, tls_key,
+          plaintext_auth) -> None:
     """Reconcile, then accept SMTP, deliver and serve one-click unsubscribe. Changes to PATHS (or
     SIGHUP) are validated and reconciled while running; an invalid change is refused, with its errors."""
     from listkeeper.engine.reload import ReloadOptions, node_name
@@ -254,6 +258,7 @@ def serve(paths, store_url, host, port, prune, log_level, log_format, use_uvloop
 
     options = ServeOptions(host=host, port=port, tick_interval=tick_interval, http_host=http_host,
                            http_port=None if no_http else http_port, base_url=base_url, node=node, lease=lease,
+                           stop_timeout=stop_timeout,
                            tls_cert=tls_cert, tls_key=tls_key, plaintext_auth=plaintext_auth,
                            reload=ReloadOptions(tuple(paths or DEFAULT_PATHS), watch=not no_watch, prune=prune))
     run = asyncio.run

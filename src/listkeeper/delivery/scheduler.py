@@ -129,6 +129,7 @@ class Scheduler:
         self._resolvers: dict[object, MxResolver] = {}
         self._signing = Signing()  # DKIM keys of the current configuration, parsed once
         self.delivered = 0
+        self._stopping = False  # drain(): claim nothing more, start no new send
 
     def wake(self) -> None:
         """Thread-safe: new work was committed."""
@@ -136,7 +137,7 @@ class Scheduler:
 
     async def run(self) -> None:
         await asyncio.to_thread(self._release_all)
-        while True:
+        while not self._stopping:
             self._wake.clear()
             snapshot = self._current()
             settings = snapshot.delivery
@@ -156,6 +157,37 @@ class Scheduler:
                     await self._wake.wait()
             except TimeoutError:
                 pass
+
+    async def drain(self, task: asyncio.Task, bound: float) -> None:
+        """A graceful stop of `task` (this scheduler's run()): nothing more is claimed and no new send
+        starts; each send in flight finishes (at most `bound` seconds), every outcome is written, and what
+        was claimed but not sent is given back at once, so neither a restart nor another node waits for
+        its lease and nothing is sent twice. Only a send cut off by the bound may be sent again."""
+        self._stopping = True
+        self._wake.set()
+        self._room.set()
+        try:
+            async with asyncio.timeout(bound):
+                await asyncio.shield(task)
+        except TimeoutError:
+            log.warning("deliveries still in flight after %s s at stop; they are sent again later", bound)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        except Exception:  # noqa: BLE001 - the stop goes on: outcomes and leases below
+            log.exception("the delivery run failed while stopping")
+        try:
+            await self._flush(self._current())
+        except Exception:  # noqa: BLE001
+            log.exception("writing the last delivery outcomes failed; those deliveries are sent again")
+        given = await asyncio.to_thread(self._give_back)
+        if given:
+            log.info("gave back %d claimed deliveries not sent before the stop", given)
+
+    def _give_back(self) -> int:
+        with self._store.engine.begin() as conn:
+            if self.node is None or conn.dialect.name != "postgresql":
+                return store_queue.release_expired(conn, float("inf"))  # the only node
+            return store_queue.release_own(conn, self.node, self._clock()) if self.release_own else 0
 
     def _release_expired(self) -> None:
         with self._store.engine.begin() as conn:
@@ -199,10 +231,12 @@ class Scheduler:
         connections = asyncio.Semaphore(settings.max_connections)
         pace = Pace(settings.throttle)
         claimed_total = 0
-        while claimed_total < limit:
-            while self._in_queue >= HIGH_WATER:
+        while claimed_total < limit and not self._stopping:
+            while self._in_queue >= HIGH_WATER and not self._stopping:
                 self._room.clear()
                 await self._room.wait()
+            if self._stopping:
+                break
             claimed = await self._claim(int(min(BATCH, limit - claimed_total)))
             if not claimed:
                 break
@@ -234,6 +268,10 @@ class Scheduler:
                 if isinstance(failure, Exception):
                     log.error("delivery worker failed: %r", failure, exc_info=failure)
         for queue in queues.values():  # what a failed worker left behind is deferred, not forgotten
+            if self._stopping:  # not started before the stop: given back untouched by drain()
+                while queue.jobs:
+                    self._take(queue)
+                continue
             while queue.jobs:
                 self._record(self._take(queue), Result(Event.temporary, "delivery worker failed; will retry"),
                              queue.destination.key, snapshot)
@@ -376,7 +414,7 @@ class Scheduler:
 
     async def _work_pickup(self, queue: DestinationQueue, snapshot) -> None:
         route = PickupRoute(match="*", transport="pickup", folder=queue.destination.folder)
-        while queue.jobs:
+        while queue.jobs and not self._stopping:
             chunk = [self._take(queue) for _ in range(min(PICKUP_CHUNK, len(queue.jobs)))]
             results = await deliver_pickup(route, [self._job(d) for d in chunk])
             for due, result in zip(chunk, results):
@@ -386,7 +424,7 @@ class Scheduler:
     async def _work_smtp(self, queue: DestinationQueue, snapshot, pace: Pace) -> None:
         settings = snapshot.delivery
         dest = queue.destination
-        while queue.jobs:
+        while queue.jobs and not self._stopping:
             if queue.dead is not None:
                 self._record(self._take(queue), queue.dead, dest.key, snapshot)
                 continue
@@ -396,7 +434,8 @@ class Scheduler:
                 continue
             try:
                 sent = 0
-                while queue.jobs and sent < settings.messages_per_connection and not conn.broken:
+                while (queue.jobs and sent < settings.messages_per_connection and not conn.broken
+                       and not self._stopping):
                     due = self._take(queue)
                     await pace.ready()
                     try:

@@ -59,6 +59,7 @@ class ServeOptions:
     plaintext_auth: str = "loopback"  # SMTP AUTH without TLS: never | loopback (clients on this host) | always
     lease: float = 60.0  # seconds a claimed delivery stays this node's without renewal (a dead node's work
     # passes to the other nodes after this)
+    stop_timeout: float = 10.0  # at stop, sends in flight get this long to finish; the rest is given back
 
 
 @dataclass
@@ -235,6 +236,9 @@ class Engine:
             await self.server.wait_closed()
         if self.web is not None:
             await self.web.close()
+        run = next((t for t in self.tasks if t.get_name() == "delivery-scheduler"), None)
+        if run is not None and self.scheduler is not None:  # sends in flight finish; outcomes written
+            await self.scheduler.drain(run, self.options.stop_timeout)
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
