@@ -106,6 +106,17 @@ def test_production_plan_against_an_empty_store(config_repo):
     assert status["generation"] == 0  # a dry run applies nothing
 
 
+def test_production_plan_without_the_member_database_says_so_in_one_line(config_repo):
+    """CI has no member database: the plan still comes out, and names the directory it could not read."""
+    (config_repo / "var" / "crm.db").unlink()
+    dry = cli(config_repo, "reconcile", "--dry-run", "--detailed-exitcode")
+    assert dry.returncode == 2, dry.stderr
+    line = next(line for line in dry.stdout.splitlines() if "MailingList/news:" in line)
+    assert line.strip() == ("MailingList/news: selected members unknown: cannot read the member directory "
+                            "(sqlite:///var/crm.db): no such table: list_members")
+    assert "Background on this error" not in dry.stdout and "Traceback" not in dry.stderr
+
+
 def test_production_drip_sequence_runs(config_repo):
     assert cli(config_repo, "reconcile").returncode == 0
     days = [cli(config_repo, "tick", "--at", f"2030-01-{d:02d}T09:00").stdout.splitlines() for d in range(1, 4)]

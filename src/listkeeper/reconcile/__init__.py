@@ -74,6 +74,24 @@ def _dynamic(spec, directories):
     return MemberDirectorySpec.model_validate(directory), tuple(members.query)
 
 
+def _unreadable(dynamic, exc: Exception) -> str:
+    """One line saying which directory could not be read and why; a database URL without its password."""
+    from sqlalchemy.exc import DBAPIError
+    from sqlalchemy.engine import make_url
+    reason = str(exc.orig) if isinstance(exc, DBAPIError) and exc.orig is not None else f"{type(exc).__name__}: {exc}"
+    reason = " ".join(reason.split())
+    source = dynamic[0].source if dynamic else None
+    where = ""
+    if source is not None and getattr(source, "sql", None) is not None:
+        try:
+            where = f" ({make_url(source.sql.url).render_as_string(hide_password=True)})"
+        except Exception:  # noqa: BLE001 - a URL SQLAlchemy cannot parse is named by the error itself
+            where = ""
+    elif source is not None and getattr(source, "csv", None) is not None:
+        where = f" ({source.csv.path})"
+    return f"cannot read the member directory{where}: {reason}"
+
+
 def selection_changes(result: Plan, desired, applied) -> dict:
     """Dynamic lists whose query or directory changes: who the change selects, counted in the directory."""
     before_dirs = {name: a.spec for (kind, name), a in applied.items() if kind == "MemberDirectory"}
@@ -88,7 +106,7 @@ def selection_changes(result: Plan, desired, applied) -> dict:
         try:
             out[change.name] = member_directory.change(old, new)
         except Exception as exc:  # noqa: BLE001 - an unreadable directory is reported, not fatal
-            out[change.name] = f"{type(exc).__name__}: {exc}"
+            out[change.name] = _unreadable(new or old, exc)
     return out
 
 
