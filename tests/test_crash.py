@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import smtplib
 import sqlite3
 import subprocess
 import sys
@@ -69,6 +70,12 @@ spec:
 """)
 
 
+def post_to_big(port: int) -> None:
+    with smtplib.SMTP("127.0.0.1", port, timeout=60) as client:
+        client.sendmail("chair@example.org", ["big@example.org"],
+                        b"From: chair@example.org\r\nSubject: Everyone\r\n\r\nHello all.\r\n")
+
+
 def test_sigterm_mid_fanout_sends_nobody_the_post_twice(tmp_path):
     """A graceful stop in the middle of a fan-out over SMTP: the sends in flight finish and are recorded,
     what was claimed but not sent goes back to the queue at once (no lease to wait for), serve exits 0,
@@ -79,10 +86,7 @@ def test_sigterm_mid_fanout_sends_nobody_the_post_twice(tmp_path):
         write_fanout(tmp_path, controller.port, count)
         port = free_port()
         proc = start_serve(tmp_path, port)
-        import smtplib
-        with smtplib.SMTP("127.0.0.1", port, timeout=60) as client:
-            client.sendmail("chair@example.org", ["big@example.org"],
-                            b"From: chair@example.org\r\nSubject: Everyone\r\n\r\nHello all.\r\n")
+        post_to_big(port)
         wait(lambda: len(sink.received) >= 500, 120)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
@@ -112,34 +116,10 @@ def test_sigterm_mid_fanout_sends_nobody_the_post_twice(tmp_path):
 def test_sigkill_mid_fanout_resends_only_what_was_in_flight(tmp_path):
     sink, controller = start_sink()
     try:
-        conf = tmp_path / "conf"
-        write(conf, "domain.yaml", DOMAIN)
-        people = "".join(f"    - address: u{i}@d{i % 100}.example\n" for i in range(COUNT))
-        write(conf, "list.yaml", "apiVersion: listkeeper/v1\nkind: MailingList\nmetadata: {name: big}\nspec:\n"
-                                 "  address: big@example.org\n  type: announce\n  subscribers:\n"
-                                 "    - address: chair@example.org\n      roles: [moderator]\n" + people)
-        write(conf, "routes.yaml", f"""
-apiVersion: listkeeper/v1
-kind: Relay
-metadata: {{name: sink}}
-spec: {{host: 127.0.0.1, port: {controller.port}, tls: none}}
----
-apiVersion: listkeeper/v1
-kind: RoutingTable
-metadata: {{name: default}}
-spec:
-  routes:
-    - match: "*"
-      transport: relay
-      relay: sink
-  delivery: {{max_connections: 8, per_destination: 8}}
-""")
+        write_fanout(tmp_path, controller.port, COUNT)
         port = free_port()
         proc = start_serve(tmp_path, port)
-        import smtplib
-        with smtplib.SMTP("127.0.0.1", port, timeout=60) as client:
-            client.sendmail("chair@example.org", ["big@example.org"],
-                            b"From: chair@example.org\r\nSubject: Everyone\r\n\r\nHello all.\r\n")
+        post_to_big(port)
         wait(lambda: len(sink.received) >= 2000, 120)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
