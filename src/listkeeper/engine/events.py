@@ -172,7 +172,7 @@ def tick(store: Store, snapshot: Snapshot, now: float,
     how many (subscriber, event) pairs were evaluated so far, for a progress bar over a big tick."""
     fired: list[Fired] = []
     lists = sorted(snapshot.lists.values(), key=lambda item: item.name)
-    with store.engine.begin() as conn:
+    with store.writing() as conn:
         sizes = {lst.name: store_events.receiving_count(conn, lst.name) if progress and lst.spec.events else 0
                  for lst in lists}
         total, checked = sum(sizes[lst.name] * len(lst.spec.events) for lst in lists), 0
@@ -196,7 +196,7 @@ def fire_by_hand(store: Store, snapshot: Snapshot, list_name: str, event_name: s
     event = next((e for e in lst.spec.events if e.name == event_name), None)
     if event is None and event_name not in ("join", "post"):
         raise LookupError(f"list {list_name} has no event {event_name!r}")
-    with store.engine.begin() as conn:
+    with store.writing() as conn:
         if addresses is None:  # --all: every subscriber who receives the list, chosen in SQL
             return fire(conn, lst, event, event_name, store_events.receiving(list_name), snapshot, now)
         chosen = sorted({a.lower() for a in addresses})

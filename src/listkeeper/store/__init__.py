@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from . import config, queue
 from .database import DEFAULT_URL, StoreError, create_store_engine, migrate, store_url
@@ -30,6 +32,17 @@ class Store:
 
     def now(self) -> float:
         return self.clock()
+
+    @contextmanager
+    def writing(self) -> Iterator[Connection]:
+        """A transaction that reads, then writes what it read decided. On SQLite it holds the write lock
+        from its first statement (BEGIN IMMEDIATE): a transaction that began by reading cannot take the
+        lock once another connection has committed since its snapshot, and SQLite then fails it at once
+        ("database is locked") instead of waiting out busy_timeout."""
+        with self.engine.begin() as conn:
+            if conn.dialect.name == "sqlite":
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            yield conn
 
 
 __all__ = ["DEFAULT_URL", "Store", "StoreError", "config", "queue", "store_url"]

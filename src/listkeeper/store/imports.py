@@ -76,10 +76,9 @@ def _sql(conn: Connection, statement: str) -> str:
 
 
 def _lock(conn: Connection) -> None:
-    """Hold the write lock from the start, so nobody adds a member between our read and our write."""
-    if conn.dialect.name == "sqlite":
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-    elif conn.dialect.name == "postgresql":
+    """Hold the write lock from the start, so nobody adds a member between our read and our write
+    (on SQLite, Store.writing's BEGIN IMMEDIATE does it)."""
+    if conn.dialect.name == "postgresql":  # (SQLite: Store.writing took the write lock already)
         conn.exec_driver_sql(f"LOCK TABLE {subscribers.name} IN SHARE ROW EXCLUSIVE MODE")
 
 
@@ -143,7 +142,7 @@ def plan_chunk(list_name: str, rows: list[Row], existing: dict[str, tuple], now:
 
 
 def import_chunk(conn: Connection, list_name: str, rows: list[Row], now: float, report: ImportReport) -> None:
-    """One chunk, set-based; the caller's transaction must not have run anything yet (see _lock)."""
+    """One chunk, set-based, in the caller's Store.writing() transaction, before anything else ran in it."""
     _lock(conn)
     existing = _existing(conn, list_name, [r.address for r in rows])
     writes = plan_chunk(list_name, rows, existing, now, report)
@@ -168,7 +167,7 @@ def import_roster(store: Store, list_name: str, items: Iterable[Row | Problem | 
     batch: list[Row] = []
 
     def flush() -> None:
-        with store.engine.begin() as conn:
+        with store.writing() as conn:
             import_chunk(conn, list_name, batch, store.now(), report)
         report.rows += len(batch)
         batch.clear()
