@@ -155,8 +155,11 @@ async def test_firing_by_mail_with_a_reply_to_every_command(tmp_path, conf, engi
             msg = message_from_bytes(path.read_bytes())
             if msg["Subject"] == "Re: cmd":
                 text = msg.get_payload()
-                assert text.startswith("> event ")  # the command, quoted
-                found.setdefault(msg["Delivered-To"], []).append(" ".join(text.split("\n", 1)[1].split()))
+                quoted, answer = text.split("\n", 1)
+                assert quoted.startswith("> event ")  # the command, quoted whole
+                found.setdefault(msg["Delivered-To"], []).append(" ".join(answer.split()))
+                if "fired for bob" in answer or "for someone else" in answer:
+                    assert quoted == "> event reminder bob@example.net"
         return found if sum(len(v) for v in found.values()) == 5 else None
 
     got = await wait_for(replies)

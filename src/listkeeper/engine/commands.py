@@ -369,7 +369,8 @@ def action(rcpt: Recipient, message: RawMessage, mail_from: str, senders: frozen
                 continue
             text = HANDLERS[cmd.verb](ctx, cmd)
             log.info("command rcpt=%s from=%s verb=%s", rcpt.address, sender, cmd.verb)
-            results.append(f"> {' '.join((cmd.verb,) + cmd.args[:1])}\n{text}")
+            shown = cmd.args if cmd.verb == "event" else cmd.args[:1]  # not a reject's free-text reason
+            results.append(f"> {' '.join((cmd.verb,) + shown)}\n{text}")
         if not parsed.commands:
             results.append(do_help(ctx, Command("help")))
         for line in parsed.ignored:
