@@ -155,7 +155,7 @@ async def test_firing_by_mail_with_a_reply_to_every_command(tmp_path, conf, engi
             msg = message_from_bytes(path.read_bytes())
             if msg["Subject"] == "Re: cmd":
                 text = msg.get_payload()
-                quoted, answer = text.split("\n", 1)
+                quoted, answer = text.replace("\r\n", "\n").split("\n", 1)
                 assert quoted.startswith("> event ")  # the command, quoted whole
                 found.setdefault(msg["Delivered-To"], []).append(" ".join(answer.split()))
                 if "fired for bob" in answer or "for someone else" in answer:
