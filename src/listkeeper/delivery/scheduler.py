@@ -4,7 +4,8 @@ Transports only deliver and report a Result. The scheduler claims due deliveries
 bounded batches (so no per-recipient object lives for a whole fan-out), queues them per destination,
 runs at most `per_destination` connections per destination and `max_connections` in all, sends
 several messages per connection, paces sending (throttle, per-run limit, smart-host delay), and
-records outcomes in batches with retry times from the lifecycle table.
+records outcomes in batches with retry times from the lifecycle table. Its claims are leases
+(leases.py); a graceful stop drains it (drain.py).
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from listkeeper.store import queue as store_queue
 from listkeeper.store import suppressions as store_suppressions
 from listkeeper.store.queue import Due, Outcome
 
-from . import backup, downgrade, dsn
+from . import backup, downgrade, drain, dsn
 from .destinations import Destination, destination_for, is_suppressed
+from .leases import Leases
 from .lifecycle import Event, RetryPolicy, State, next_state
 from .mx import connect_mx
 from .resolver import MxResolver
@@ -97,8 +99,6 @@ class Pace:
 
 class Scheduler:
     metrics = None  # the engine's Metrics (engine/metrics.py), set after construction; None: not counted
-    # False when another live node already runs under this node's name: its leases are not this one's
-    release_own = True
 
     def __init__(self, store: Store, current, *, inject: Inject | None = None,
                  clock: Callable[[], float] | None = None, lease: float = 300.0,
@@ -108,9 +108,7 @@ class Scheduler:
         self._current = current  # () -> Snapshot
         self._inject = inject
         self._clock = clock or store.now
-        self._lease = lease
-        # the engine node this scheduler claims for (deliveries.claimed_by); None: the only node
-        self.node = node
+        self.leases = Leases(store, self._clock, lease, node)
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
@@ -131,12 +129,30 @@ class Scheduler:
         self.delivered = 0
         self._stopping = False  # drain(): claim nothing more, start no new send
 
+    @property
+    def node(self) -> str | None:
+        """The engine node this scheduler claims for (deliveries.claimed_by); None: the only node."""
+        return self.leases.node
+
+    @node.setter
+    def node(self, node: str | None) -> None:
+        self.leases.node = node
+
+    @property
+    def release_own(self) -> bool:
+        """False when another live node already runs under this node's name: its leases are not this one's."""
+        return self.leases.release_own
+
+    @release_own.setter
+    def release_own(self, value: bool) -> None:
+        self.leases.release_own = value
+
     def wake(self) -> None:
         """Thread-safe: new work was committed."""
         self._loop.call_soon_threadsafe(self._wake.set)
 
     async def run(self) -> None:
-        await asyncio.to_thread(self._release_all)
+        await asyncio.to_thread(self.leases.release_at_start)
         while not self._stopping:
             self._wake.clear()
             snapshot = self._current()
@@ -159,70 +175,22 @@ class Scheduler:
                 pass
 
     async def drain(self, task: asyncio.Task, bound: float) -> None:
-        """A graceful stop of `task` (this scheduler's run()): nothing more is claimed and no new send
-        starts; each send in flight finishes (at most `bound` seconds), every outcome is written, and what
-        was claimed but not sent is given back at once, so neither a restart nor another node waits for
-        its lease and nothing is sent twice. Only a send cut off by the bound may be sent again."""
+        """A graceful stop of `task` (this scheduler's run()), at most `bound` seconds of sending: drain.py."""
+        await drain.stop(task, bound, halt=self._halt, flush=lambda: self._flush(self._current()),
+                         give_back=self.leases.give_back)
+
+    def _halt(self) -> None:
         self._stopping = True
         self._wake.set()
         self._room.set()
-        try:
-            async with asyncio.timeout(bound):
-                await asyncio.shield(task)
-        except TimeoutError:
-            log.warning("deliveries still in flight after %s s at stop; they are sent again later", bound)
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        except Exception:  # noqa: BLE001 - the stop goes on: outcomes and leases below
-            log.exception("the delivery run failed while stopping")
-        try:
-            await self._flush(self._current())
-        except Exception:  # noqa: BLE001
-            log.exception("writing the last delivery outcomes failed; those deliveries are sent again")
-        given = await asyncio.to_thread(self._give_back)
-        if given:
-            log.info("gave back %d claimed deliveries not sent before the stop", given)
-
-    def _give_back(self) -> int:
-        with self._store.engine.begin() as conn:
-            if self.node is None or conn.dialect.name != "postgresql":
-                return store_queue.release_expired(conn, float("inf"))  # the only node
-            return store_queue.release_own(conn, self.node, self._clock()) if self.release_own else 0
-
-    def _release_expired(self) -> None:
-        with self._store.engine.begin() as conn:
-            store_queue.release_expired(conn, self._clock())
-
-    def _release_all(self) -> None:
-        """At start: what this node was sending when it stopped is due again, and so is every expired
-        lease. Other live nodes' leases stay theirs. Without a node name, or on SQLite (one node only),
-        this is the only node: every lease is released, whatever name it was claimed under."""
-        with self._store.engine.begin() as conn:
-            if self.node is None or conn.dialect.name != "postgresql":
-                store_queue.release_expired(conn, float("inf"))
-                return
-            if self.release_own:
-                store_queue.release_own(conn, self.node, self._clock())
-            store_queue.release_expired(conn, self._clock())
 
     async def keep_leases(self) -> None:
-        """Renew this node's leases every third of a lease: only a node that stopped (or lost the store)
-        loses them, and another node takes its work once they expire."""
-        while self.node is not None:
-            await asyncio.sleep(self._lease / 3)
-            try:
-                await asyncio.to_thread(self._renew)
-            except Exception:  # noqa: BLE001 - a store hiccup; the next renewal comes before the expiry
-                log.warning("renewing the delivery leases of node %s failed", self.node, exc_info=True)
-
-    def _renew(self) -> None:
-        now = self._clock()
-        with self._store.engine.begin() as conn:
-            store_queue.renew_leases(conn, self.node, now + self._lease, now)
+        """The engine's task that renews this node's leases (Leases.keep)."""
+        await self.leases.keep()
 
     async def run_once(self, snapshot) -> int:
         settings = snapshot.delivery
-        await asyncio.to_thread(self._release_expired)
+        await asyncio.to_thread(self.leases.release_expired)
         limit = settings.run_limit or float("inf")
         runtime_suppressed = await asyncio.to_thread(self._suppressed)
         suppressed = snapshot.suppressed_addresses | runtime_suppressed
@@ -324,7 +292,7 @@ class Scheduler:
 
     def _claim_in_store(self, limit: int, known: frozenset[int]):
         with self._store.engine.begin() as conn:
-            due = store_queue.claim_due(conn, self._clock(), limit, self._lease, self.node)
+            due = store_queue.claim_due(conn, self._clock(), limit, self.leases.duration, self.node)
             return due, self._load(conn, {d.message_id for d in due} - known)
 
     def _load(self, conn, message_ids: set[int]) -> tuple[dict[int, bytes], dict[int, object]]:
