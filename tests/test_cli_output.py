@@ -117,7 +117,7 @@ def test_queue_wait_exit_codes_and_clean_json_beside_a_forced_bar(url):
     late = run(url, "queue", "wait", "1", "--timeout", "0.3", "--interval", "0.05", "--output", "json", "--progress")
     assert late.returncode == 2
     doc = json.loads(late.stdout)  # the bar went to stderr: stdout is JSON alone
-    assert doc == {"post": 1, "by_state": {"deferred": 1, "delivered": 1}, "total": 2, "over": False,
+    assert doc == {"post": 1, "held": [], "by_state": {"deferred": 1, "delivered": 1}, "total": 2, "over": False,
                    "timed_out": True, "failed": []}
     assert "post 1" in late.stderr and "deliveries" in late.stderr
     text = run(url, "queue", "wait", "--timeout", "0")
@@ -135,6 +135,62 @@ def test_queue_wait_exit_codes_and_clean_json_beside_a_forced_bar(url):
 def test_queue_wait_on_an_empty_queue(url):
     empty = run(url, "queue", "wait")
     assert empty.returncode == 1 and empty.stderr.strip() == "Error: no post has been queued for delivery yet"
+
+
+def spool_held_post(url: str) -> tuple[int, int]:
+    """A post held for moderation as the fan-out spools it: the moderators' notice (queued), then the
+    held copy (no deliveries until approved). Returns (inbound id, held copy id)."""
+    store = Store.open(url)
+    try:
+        with store.engine.begin() as conn:
+            (inbound, posts), = queue.spool_posts(conn, [queue.InboundRecord(
+                "x@example.net", ("members@example.org",), b"raw", 1, (
+                    queue.PostRecord("members", "queued", "moderation: notice to the moderators",
+                                     b"Subject: held\r\n\r\nx", "members-bounces@example.org", ("mod@example.org",)),
+                    queue.PostRecord("members", "held", "not_member: not a member", b"Subject: hi\r\n\r\nx\r\n",
+                                     "members-bounces@example.org", (), verp=True,
+                                     hold=queue.Hold("t0ken", "x@example.net", "hi", 9_999_999.0))))], 1003.0)
+        return inbound, posts[-1][0]
+    finally:
+        store.close()
+
+
+def test_queue_wait_says_the_newest_post_is_held_for_moderation(url):
+    spool_post(url, ("ok@example.net",))  # an older post, delivered: not the one the user means
+    settle(url, {"ok@example.net": ("delivered", None)})
+    inbound, held = spool_held_post(url)
+    started = time.monotonic()
+    text = run(url, "queue", "wait", "--timeout", "30")
+    assert time.monotonic() - started < 15  # no waiting for a moderator
+    assert text.returncode == 3, text.stdout + text.stderr
+    assert text.stdout.strip() == (f"post {held}: held for moderation by members; nothing to wait for until a "
+                                   "moderator approves it (listkeeper moderation list members).")
+    doc = json.loads(run(url, "queue", "wait", "--output", "json").stdout)
+    assert doc == {"post": held, "held": ["members"], "by_state": {}, "total": 0, "over": False,
+                   "timed_out": False, "failed": []}
+    for named in (held, inbound):  # named by its id or the SMTP queue id: the same answer
+        again = run(url, "queue", "wait", str(named), "--timeout", "30")
+        assert again.returncode == 3 and "held for moderation by members" in again.stdout
+
+
+def test_queue_wait_on_a_cross_post_held_by_one_list_waits_for_the_other(url):
+    store = Store.open(url)
+    with store.engine.begin() as conn:
+        (inbound,) = queue.spool(conn, [queue.InboundRecord("x@example.net", ("a@example.org", "b@example.org"),
+                                                            b"raw", 1, (
+            queue.PostRecord("a", "queued", "member", b"Subject: hi\r\n\r\nx\r\n", "a-bounces@example.org",
+                             ("ok@example.net",)),
+            queue.PostRecord("b", "queued", "moderation: notice to the moderators", b"Subject: held\r\n\r\nx",
+                             "b-bounces@example.org", ("mod@example.org",)),
+            queue.PostRecord("b", "held", "not_member: not a member", b"Subject: hi\r\n\r\nx\r\n",
+                             "b-bounces@example.org", (), hold=queue.Hold("t0ken", "x@example.net", "hi", 9e6))))],
+                                    1000.0)
+    store.close()
+    settle(url, {"ok@example.net": ("delivered", None), "mod@example.org": ("delivered", None)})
+    done = run(url, "queue", "wait", str(inbound), "--timeout", "30")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines() == [f"post {inbound}: 2 deliveries: 2 delivered; all delivered.",
+                                        "  held for moderation by b (listkeeper moderation list b)"]
 
 
 def test_queue_wait_against_a_serving_engine(tmp_path):

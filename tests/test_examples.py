@@ -113,8 +113,9 @@ def test_production_plan_without_the_member_database_says_so_in_one_line(config_
     assert dry.returncode == 2, dry.stderr
     line = next(line for line in dry.stdout.splitlines() if "MailingList/news:" in line)
     assert line.strip() == ("MailingList/news: selected members unknown: cannot read the member directory "
-                            "(sqlite:///var/crm.db): no such table: list_members")
+                            "(sqlite:///var/crm.db): unable to open database file")
     assert "Background on this error" not in dry.stdout and "Traceback" not in dry.stderr
+    assert not (config_repo / "var" / "crm.db").exists()  # a dry run writes nothing, not even an empty file
 
 
 def test_production_drip_sequence_runs(config_repo):

@@ -86,6 +86,20 @@ def test_the_session_id_joins_every_record_written_during_a_session():
         "INFO test.logs.text post.verdict list=members verdict=accept reason='a member: may post' session=abc123")
 
 
+def test_a_missing_id_is_left_out_of_text_and_json_alike():
+    """A digest or a report was not accepted over SMTP: its delivery attempts have no queue_id at all."""
+    logger, out = capture(JsonFormatter())
+    text_logger, text_out = capture(TextFormatter(TEXT_FORMAT), "test.logs.text")
+    for log_to in (logger, text_logger):
+        note(log_to, "delivery.attempt", outcome="delivered", delivery_id=7, queue_id=41, message_id=42)
+        note(log_to, "delivery.attempt", outcome="delivered", delivery_id=8, queue_id=None, message_id=43)
+    posted, report = (json.loads(line) for line in out.getvalue().splitlines())
+    assert posted["queue_id"] == 41 and "queue_id" not in report
+    lines = text_out.getvalue().splitlines()
+    assert lines[0].endswith("delivery.attempt outcome=delivered delivery_id=7 queue_id=41 message_id=42")
+    assert lines[1].endswith("delivery.attempt outcome=delivered delivery_id=8 message_id=43")
+
+
 def follow_one_post(records: list[dict], queue_id: int) -> tuple[dict, list[dict], list[dict]]:
     """From a post's acceptance to each of its deliveries, by ids only: its `smtp.accepted` record, the
     `post.queued` records of its copies (queue_id -> message_id), and their `delivery.attempt` records."""
@@ -126,6 +140,8 @@ async def test_two_posts_of_one_session_are_followed_by_their_ids_to_each_delive
         assert accepted["session"] == session["session"] and accepted["recipients"] == ["members@example.org"]
         assert [(c["list"], c["state"], c["session"]) for c in copies] == [("members", "queued", session["session"])]
         assert sorted(a["recipient"] for a in attempts) == sorted(REGULAR)
+        # one lookup is enough: each attempt names the SMTP queue id too
+        assert [a for a in records if a["event"] == "delivery.attempt" and a.get("queue_id") == queue_id] == attempts
         assert all(a["outcome"] == "delivered" and a["transport"] == "pickup" and a["attempt"] == 1 for a in attempts)
         seen_deliveries |= {a["delivery_id"] for a in attempts}
     assert len(seen_deliveries) == 8  # each delivery belongs to exactly one of the two posts

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
 
 from listkeeper.manifests import ManifestErrors, load_manifests
 from listkeeper.manifests.directory import Criterion, MemberDirectorySpec, resolve_date
@@ -251,6 +252,33 @@ def test_members_preview_and_plan_impact(tmp_path, dynamic_conf):
     (impact,) = [i for i in doc["impact"] if i["name"] == "board"]
     assert impact["counts"] == {"selected_before": 2, "selected_after": 3}
     assert impact["examples"] == {"joins": ["cy@globex.example"], "leaves": []}
+
+
+def test_dry_run_over_a_missing_directory_file_writes_nothing(tmp_path, dynamic_conf):
+    """A plan reads: a missing SQLite directory is one line in the plan, and no empty file is left behind."""
+    env = {**os.environ, "LISTKEEPER_STORE": f"sqlite:///{tmp_path}/lk.db"}
+    (tmp_path / "directory.db").unlink()
+    dry = subprocess.run([sys.executable, "-m", "listkeeper", "reconcile", "conf", "--dry-run"],
+                         capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert dry.returncode == 0, dry.stderr
+    line = next(line for line in dry.stdout.splitlines() if "MailingList/board:" in line)
+    assert line.strip() == ("MailingList/board: selected members unknown: cannot read the member directory "
+                            f"(sqlite:///{tmp_path}/directory.db): unable to open database file")
+    assert not (tmp_path / "directory.db").exists()
+
+
+def test_directories_are_opened_read_only(tmp_path):
+    """The engine only reads a directory: a missing file stays missing, an existing one cannot be written."""
+    missing = spec_for(f"sqlite:///{tmp_path}/missing.db")
+    with pytest.raises(OperationalError, match="unable to open database file"):
+        list(directory.stream(missing, [], NOW))
+    assert not (tmp_path / "missing.db").exists()
+    path = tmp_path / "directory.db"
+    sqlite3.connect(path).executescript(SCHEMA)
+    spec = spec_for(f"sqlite:///{path}")
+    assert directory.count(spec, [], NOW) == 4
+    with pytest.raises(OperationalError, match="readonly database"), directory.engine_of(spec).begin() as conn:
+        conn.execute(text("delete from users"))
 
 
 def test_csv_directory(tmp_path):

@@ -58,6 +58,19 @@ def test_spool_claim_and_record(store):
         assert [d.attempts for d in queue.claim_due(conn, 1060.0, 10, lease=60)] == [1]
 
 
+def test_a_claimed_delivery_names_the_smtp_queue_id_of_its_post(store):
+    """What `delivery.attempt` logs: the accepted message a list copy came from; none for the engine's own mail."""
+    record = queue.InboundRecord("a@x.org", ("l@x.org",), b"raw", 1, (
+        queue.PostRecord("l", "queued", "member", b"copy", "", ("b@y.org",)),))
+    with store.engine.begin() as conn:
+        (inbound_id,) = queue.spool(conn, [record], 1000.0)
+        (report_id,) = queue.insert_posts(conn, [(None, 1, queue.PostRecord("", "queued", "report", b"report", "",
+                                                                            ("pm@x.org",)))], 1000.0)
+        due = queue.claim_due(conn, 1000.0, 10, lease=60)
+    assert {(d.recipient, d.queue_id) for d in due} == {("b@y.org", inbound_id), ("pm@x.org", None)}
+    assert report_id in {d.message_id for d in due}
+
+
 def test_expired_leases_are_released(store):
     record = queue.InboundRecord("a@x.org", ("l@x.org",), b"raw", 1, (
         queue.PostRecord("l", "queued", "member", b"copy", "", ("b@y.org",)),))

@@ -3,7 +3,8 @@
 `note(log, "delivery.attempt", delivery_id=7, message_id=3, ...)` writes one record. In text format it
 reads `delivery.attempt delivery_id=7 message_id=3 ...`; in JSON format (`serve --log-format json`) it
 is one object per line with `event` and each field as a key, so a post can be followed by its ids:
-`smtp.accepted` (queue_id) -> `post.queued` (queue_id, message_id) -> `delivery.attempt` (message_id).
+`smtp.accepted` (queue_id) -> `post.queued` (queue_id, message_id) -> `delivery.attempt` (queue_id,
+message_id; the engine's own mail, a digest or a report, has no queue_id and leaves the field out).
 Records written during an SMTP session also carry the session's id (`session`), taken from a context
 variable that the session's task and the threads it hands work to inherit.
 """

@@ -456,9 +456,9 @@ class Scheduler:
             if retry_at is None:
                 event = Event.expired
         state = next_state(State.sending, event)
-        note(log, "delivery.attempt", outcome=state.value, delivery_id=due.delivery_id, message_id=due.message_id,
-             recipient=due.recipient, domain=due.recipient.rpartition("@")[2].lower(), transport=transport,
-             attempt=due.attempts + 1, retry_at=retry_at, detail=result.detail)
+        note(log, "delivery.attempt", outcome=state.value, delivery_id=due.delivery_id, queue_id=due.queue_id,
+             message_id=due.message_id, recipient=due.recipient, domain=due.recipient.rpartition("@")[2].lower(),
+             transport=transport, attempt=due.attempts + 1, retry_at=retry_at, detail=result.detail)
         if self.metrics is not None:
             self.metrics.delivery(state.value, transport)
         if state is State.delivered:

@@ -8,16 +8,18 @@ run the very same statement.
 from __future__ import annotations
 
 import csv
+import os
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from urllib.parse import quote
 
 from sqlalchemy import (
     Boolean, Column, Date, DateTime, Integer, MetaData, String, Table, Text, and_, create_engine, except_, func,
     not_, or_, select,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql import ColumnElement, Select
 
@@ -56,7 +58,7 @@ def engine_of(spec: MemberDirectorySpec) -> Engine:
 
 def _open(spec: MemberDirectorySpec) -> Engine:
     if spec.source.sql:
-        return create_engine(spec.source.sql.url)
+        return create_engine(read_only(make_url(spec.source.sql.url)))
     engine = create_engine("sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False})
     table = table_of(spec)
     table.metadata.create_all(engine)
@@ -77,6 +79,17 @@ def _open(spec: MemberDirectorySpec) -> Engine:
         with engine.begin() as conn:
             conn.execute(table.insert(), converted)
     return engine
+
+
+def read_only(url: URL) -> URL:
+    """An SQLite file opened read-only: listkeeper only reads a directory, and a plain connect would
+    create an empty database where the file is missing (a dry run must write nothing)."""
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return url
+    if url.query.get("uri", "").lower() in ("true", "1"):
+        return url.update_query_dict({"mode": "ro"})
+    path = quote(os.path.abspath(url.database), safe="/")
+    return url.set(database=f"file:{path}").update_query_dict({"mode": "ro", "uri": "true"})
 
 
 def _convert(raw: str, sql_type):

@@ -66,6 +66,7 @@ class Due:
     return_path: str
     attempts: int
     created_at: float
+    queue_id: int | None = None  # the SMTP-accepted message the copy came from; none for the engine's own mail
 
 
 @dataclass(frozen=True)
@@ -220,7 +221,7 @@ def claim_due(conn: Connection, now: float, limit: int, lease: float, owner: str
     (SQLite serialises writers; the clause is left out there.)"""
     rows = conn.execute(
         select(deliveries.c.id, deliveries.c.message_id, deliveries.c.recipient,
-               deliveries.c.return_path, deliveries.c.attempts, deliveries.c.created_at)
+               deliveries.c.return_path, deliveries.c.attempts, deliveries.c.created_at, _queue_id().label("queue_id"))
         .where(deliveries.c.state.in_(("queued", "deferred")), deliveries.c.next_attempt_at <= now)
         .order_by(deliveries.c.next_attempt_at, deliveries.c.id)
         .limit(limit)
@@ -230,7 +231,15 @@ def claim_due(conn: Connection, now: float, limit: int, lease: float, owner: str
         return []
     conn.execute(update(deliveries).where(deliveries.c.id.in_([r.id for r in rows]))
                  .values(state="sending", lease_until=now + lease, claimed_by=owner, updated_at=now))
-    return [Due(r.id, r.message_id, r.recipient, r.return_path, r.attempts, r.created_at) for r in rows]
+    return [Due(r.id, r.message_id, r.recipient, r.return_path, r.attempts, r.created_at, r.queue_id) for r in rows]
+
+
+def _queue_id():
+    """The delivery's post's parent when that is an accepted inbound message. A subquery, not a join: the
+    claim's FOR UPDATE then locks the deliveries alone, never their messages."""
+    post, parent = messages.alias("post"), messages.alias("parent")
+    return (select(parent.c.id).where(post.c.id == deliveries.c.message_id, parent.c.id == post.c.parent_id,
+                                      parent.c.kind == "inbound").scalar_subquery())
 
 
 def next_due_at(conn: Connection) -> float | None:

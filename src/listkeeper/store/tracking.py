@@ -16,11 +16,28 @@ def _copies(post_id: int):
 
 
 def newest_post(conn: Connection) -> int | None:
-    """The newest post to a list that has deliveries; if there is none, the newest message the engine
-    sent of its own (an event's template mail, a report)."""
+    """The newest post to a list that has deliveries or is held for moderation (a held copy is stored
+    after the moderators' notice, so that notice is never taken for it); if there is none, the newest
+    message the engine sent of its own (an event's template mail, a report)."""
     has_deliveries = select(deliveries.c.id).where(deliveries.c.message_id == messages.c.id).exists()
-    return conn.execute(select(messages.c.id).where(messages.c.kind == "post", has_deliveries)
+    held = (messages.c.state == "held") & messages.c.parent_id.is_not(None)
+    return conn.execute(select(messages.c.id).where(messages.c.kind == "post", has_deliveries | held)
                         .order_by(messages.c.parent_id.is_(None), messages.c.id.desc()).limit(1)).scalar()
+
+
+def held_lists(conn: Connection, post_id: int) -> list[str]:
+    """The lists whose copy of the post is held for moderation, by name."""
+    return list(conn.execute(select(messages.c.list_name).where(messages.c.id.in_(_copies(post_id)),
+                                                                 messages.c.kind == "post", messages.c.state == "held")
+                             .order_by(messages.c.list_name)).scalars())
+
+
+def delivering_lists(conn: Connection, post_id: int) -> set[str]:
+    """The lists whose copies of the post have deliveries: for a list whose copy is held, that is only
+    the notice to its moderators."""
+    has_deliveries = select(deliveries.c.id).where(deliveries.c.message_id == messages.c.id).exists()
+    return set(conn.execute(select(messages.c.list_name).where(messages.c.id.in_(_copies(post_id)), has_deliveries)
+                            .distinct()).scalars())
 
 
 def exists(conn: Connection, post_id: int) -> bool:
