@@ -219,11 +219,12 @@ def _report(store_url, name: str, since: str | None, send: bool):
         start = _moment(since) if since else None
         if start is not None and start >= now:
             raise click.BadParameter(f"{since} is not in the past", param_hint="--since")
-        with store.engine.begin() as conn:
-            if not send:
-                spec = snapshot.reports[name]
+        if not send:
+            spec = snapshot.reports[name]
+            with store.engine.connect() as conn:
                 return reports.build(conn, name, spec, start if start is not None else
                                      reports.period_start(conn, name, spec, now), now)
+        with store.writing() as conn:
             built, post = reports.run_now(conn, snapshot, name, now, start)
             store_queue.insert_posts(conn, [(None, snapshot.generation, post)], now)
     return built

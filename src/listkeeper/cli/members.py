@@ -92,7 +92,7 @@ def members_enable(list_name, address, store_url) -> None:
     """Deliver to a member again whose delivery was disabled (e.g. by bounces); clears their bounce score."""
     from listkeeper.store import subscribers
     with _store(store_url) as store:
-        with store.engine.begin() as conn:
+        with store.writing() as conn:
             member = subscribers.get(conn, list_name, address)
             enabled = subscribers.enable(conn, list_name, address, store.now(), "cli")
     if member is None:
@@ -283,7 +283,7 @@ def _moderate(token: str, decision: str, reason: str, store_url) -> None:
     with _store(store_url) as store:
         snapshot = load_snapshot(store)
         now = store.now()
-        with store.engine.begin() as conn:
+        with store.writing() as conn:
             found = held.find(conn, token)
             if found is None:
                 raise click.ClickException(f"no post is held with token {token}")

@@ -159,7 +159,7 @@ def suppress() -> None:
 def suppress_add(addresses, reason, store_url) -> None:
     from listkeeper.store import suppressions
     with _store(store_url) as store:
-        with store.engine.begin() as conn:
+        with store.writing() as conn:
             for address in addresses:
                 added = suppressions.add(conn, address, reason, store.now())
                 click.echo(f"{address}: {'suppressed' if added else 'already suppressed'}")

@@ -264,7 +264,7 @@ def send_now(store: Store, snapshot: Snapshot, list_name: str, now: float) -> Se
     lst = _by_name(snapshot).get(list_name)
     if lst is None:
         raise LookupError(f"no list {list_name!r} in the applied configuration")
-    with store.engine.begin() as conn:
+    with store.writing() as conn:
         sent = send(conn, snapshot, lst, now, "hand", everything=True)
         ids = store_queue.insert_posts(conn, [(None, snapshot.generation, post) for _, post in sent], now)
         recipients = store_digests.recipient_count(conn, ids[0]) if ids else 0

@@ -53,7 +53,7 @@ def run_round(store: Store, snapshot: Snapshot, now: float, jobs: dict[str, Job]
     failed: list[str] = []
     for name, job in (JOBS if jobs is None else jobs).items():
         try:
-            with store.engine.begin() as conn:
+            with store.writing() as conn:  # a job reads, then writes what it read decided
                 posts = list(job(conn, snapshot, now) or ())
                 if posts:
                     store_queue.insert_posts(conn, [(None, snapshot.generation, p) for p in posts], now)

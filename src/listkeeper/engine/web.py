@@ -70,7 +70,7 @@ class Handlers:
             return standing(conn, lst, address)
 
     def _leave(self, lst, address) -> str:
-        with self._store.engine.begin() as conn:
+        with self._store.writing() as conn:
             return leave(conn, lst, address, self._store.now())
 
     async def confirm(self, request: web.Request) -> web.Response:

@@ -36,9 +36,11 @@ class Store:
     @contextmanager
     def writing(self) -> Iterator[Connection]:
         """A transaction that reads, then writes what it read decided. On SQLite it holds the write lock
-        from its first statement (BEGIN IMMEDIATE): a transaction that began by reading cannot take the
-        lock once another connection has committed since its snapshot, and SQLite then fails it at once
-        ("database is locked") instead of waiting out busy_timeout."""
+        from its first statement (BEGIN IMMEDIATE). Without it, Python's sqlite3 begins the transaction
+        only at the first INSERT/UPDATE/DELETE: what was read before may be stale by then (another
+        connection committed meanwhile), and where a read snapshot is still held (an open cursor, a
+        temporary table written first) SQLite fails the write at once ("database is locked") instead of
+        waiting out busy_timeout."""
         with self.engine.begin() as conn:
             if conn.dialect.name == "sqlite":
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
