@@ -112,6 +112,7 @@ class Scheduler:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
+        self._stopped = asyncio.Event()
         self._outcomes: list[Outcome] = []
         self._failures: list[tuple[Due, Result]] = []
         self._backups: list[tuple[Due, bytes]] = []
@@ -152,19 +153,22 @@ class Scheduler:
         self._loop.call_soon_threadsafe(self._wake.set)
 
     async def run(self) -> None:
-        await asyncio.to_thread(self.leases.release_at_start)
+        released = False  # this node's leases of before its start, released once the store allows
         while not self._stopping:
             self._wake.clear()
             snapshot = self._current()
             settings = snapshot.delivery
             try:
+                if not released:
+                    await asyncio.to_thread(self.leases.release_at_start)
+                    released = True
                 done = await self.run_once(snapshot)
             except Exception:  # never let one bad run stop delivery; leases bring the work back
                 log.exception("delivery run failed; trying again in %s s", settings.run_interval)
-                await asyncio.sleep(settings.run_interval)
+                await self._pause(settings.run_interval)
                 continue
             if settings.run_limit and done >= settings.run_limit:
-                await asyncio.sleep(settings.run_interval)  # the rest waits for the next run
+                await self._pause(settings.run_interval)  # the rest waits for the next run
                 continue
             if done:
                 continue
@@ -174,6 +178,14 @@ class Scheduler:
             except TimeoutError:
                 pass
 
+    async def _pause(self, seconds: float) -> None:
+        """The wait between runs that new work does not shorten; a stop ends it."""
+        try:
+            async with asyncio.timeout(seconds):
+                await self._stopped.wait()
+        except TimeoutError:
+            pass
+
     async def drain(self, task: asyncio.Task, bound: float) -> None:
         """A graceful stop of `task` (this scheduler's run()), at most `bound` seconds of sending: drain.py."""
         await drain.stop(task, bound, halt=self._halt, flush=lambda: self._flush(self._current()),
@@ -181,6 +193,7 @@ class Scheduler:
 
     def _halt(self) -> None:
         self._stopping = True
+        self._stopped.set()
         self._wake.set()
         self._room.set()
 

@@ -1,0 +1,115 @@
+"""The scheduler when the store fails under it: a real SQLite file whose statements are made to fail (an
+event hook raising the driver's OperationalError on a chosen statement), a real SMTP sink on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+
+from sqlalchemy import event, select
+from sqlalchemy.engine import Engine
+
+from listkeeper.delivery.scheduler import Scheduler
+from listkeeper.engine.snapshot import load_snapshot
+from listkeeper.store import queue as store_queue
+from listkeeper.store.queue import InboundRecord, PostRecord
+from listkeeper.store.tables import deliveries
+
+from .conftest import reconcile_folder, wait_for
+from .test_scheduler import config, post, sink, states  # noqa: F401 - sink: the relay fixture
+
+RELEASE = "deliveries.lease_until <"  # Leases.release_at_start / release_expired
+CLAIM = "deliveries.next_attempt_at <="  # the claim's due condition
+OUTCOMES = "transport=?, last_error=?"  # record_outcomes
+LIST_NAMES = "SELECT messages.id, messages.list_name \nFROM messages"  # list_names (the backups' lookup)
+
+
+@contextmanager
+def failing(match: str, times: int | None = None, when: str = "before_cursor_execute", act=None):
+    """Statements of any engine that contain `match` fail (`times` at most; None: until the block ends),
+    as a locked or broken database fails them; with `act`, `act()` runs there instead of a failure and
+    says whether it counts."""
+    seen = {"failed": 0}
+
+    def hook(conn, cursor, statement, parameters, context, executemany):
+        if match not in statement or (times is not None and seen["failed"] >= times):
+            return
+        if act is not None:
+            seen["failed"] += act()
+            return
+        seen["failed"] += 1
+        raise sqlite3.OperationalError("database is locked")
+
+    event.listen(Engine, when, hook)
+    try:
+        yield seen
+    finally:
+        event.remove(Engine, when, hook)
+
+
+def run_task(engine) -> asyncio.Task:
+    return next(t for t in engine.tasks if t.get_name() == "delivery-scheduler")
+
+
+def spool(store, recipients: list[str]) -> None:
+    data = b"From: poster@example.org\r\nTo: members@example.org\r\nSubject: Hi\r\n\r\nBody\r\n"
+    post_record = PostRecord("members", "queued", "", data, "members-bounces@example.org", tuple(recipients))
+    with store.engine.begin() as conn:
+        store_queue.spool(conn, [InboundRecord("poster@example.org", ("members@example.org",), data, 1,
+                                               (post_record,))], store.now())
+
+
+async def test_a_store_error_while_releasing_leases_at_start_is_retried(tmp_path, sink, engine_for, caplog):
+    folder = config(tmp_path, sink.port, ["a@example.net"], delivery="    run_interval: 0.2s")
+    with caplog.at_level(logging.ERROR, logger="listkeeper.delivery"):
+        with failing(RELEASE) as fault:
+            engine = await engine_for(folder)
+            await wait_for(lambda: fault["failed"] >= 2)
+        await post(engine)
+        await wait_for(lambda: sink.rcpts() == ["a@example.net"])
+    assert not run_task(engine).done()
+    failures = [r for r in caplog.records if r.getMessage().startswith("delivery run failed")]
+    assert len(failures) == fault["failed"], "each failure is logged once"
+
+
+async def stop_within(scheduler: Scheduler, task: asyncio.Task, bound: float) -> float:
+    started = time.monotonic()
+    await scheduler.drain(task, bound)
+    return time.monotonic() - started
+
+
+async def test_a_stop_ends_the_wait_after_a_run_limit(tmp_path, sink, store_url, caplog):
+    folder = config(tmp_path, sink.port, [], delivery="    run_limit: 1\n    run_interval: 60s")
+    store = reconcile_folder(folder, store_url)
+    spool(store, ["a@example.net", "b@example.net"])
+    snapshot = load_snapshot(store)
+    scheduler = Scheduler(store, lambda: snapshot)
+    task = asyncio.create_task(scheduler.run())
+    await wait_for(lambda: len(sink.received) == 1)
+    await asyncio.sleep(0.3)  # the run is over; the wait for the next one has begun
+    with caplog.at_level(logging.WARNING, logger="listkeeper.delivery"):
+        assert await stop_within(scheduler, task, 5) < 2
+    assert not any("still in flight" in r.getMessage() for r in caplog.records)
+    assert sorted(states(store_url).values()) == ["delivered", "queued"]
+    store.close()
+
+
+async def test_a_stop_ends_the_wait_after_a_failed_run(tmp_path, sink, store_url, caplog):
+    folder = config(tmp_path, sink.port, [], delivery="    run_interval: 60s")
+    store = reconcile_folder(folder, store_url)
+    spool(store, ["a@example.net"])
+    snapshot = load_snapshot(store)
+    scheduler = Scheduler(store, lambda: snapshot)
+    with failing(CLAIM) as fault:
+        task = asyncio.create_task(scheduler.run())
+        await wait_for(lambda: fault["failed"] >= 1)
+        await asyncio.sleep(0.3)
+        with caplog.at_level(logging.WARNING, logger="listkeeper.delivery"):
+            assert await stop_within(scheduler, task, 5) < 2
+    assert not any("still in flight" in r.getMessage() for r in caplog.records)
+    assert states(store_url) == {"a@example.net": "queued"}
+    store.close()
