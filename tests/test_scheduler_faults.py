@@ -113,3 +113,37 @@ async def test_a_stop_ends_the_wait_after_a_failed_run(tmp_path, sink, store_url
     assert not any("still in flight" in r.getMessage() for r in caplog.records)
     assert states(store_url) == {"a@example.net": "queued"}
     store.close()
+
+
+def backup_config(tmp_path, sink_port: int, subscribers: list[str]):
+    return config(tmp_path, sink_port, subscribers, delivery=(
+        f"    run_interval: 0.2s\n    backup: {{folder: {tmp_path / 'backup'}, path: '{{list}}/{{recipient}}.eml'}}"))
+
+
+async def test_a_failed_outcome_write_keeps_the_backup_copies(tmp_path, sink, engine_for, store_url):
+    engine = await engine_for(backup_config(tmp_path, sink.port, ["a@example.net"]))
+    with failing(OUTCOMES, times=1) as fault:
+        await post(engine)
+        await wait_for(lambda: fault["failed"] == 1)
+    await wait_for(lambda: states(store_url) == {"a@example.net": "delivered"})
+    await wait_for(lambda: (tmp_path / "backup" / "members" / "a@example.net.eml").exists())
+    assert sink.rcpts() == ["a@example.net"]
+
+
+async def test_a_failed_list_lookup_for_backups_loses_no_report_and_no_backup(tmp_path, sink, engine_for,
+                                                                             store_url, caplog):
+    """One write step has a failed delivery (no route) and a sent one (a backup); the backups' lookup fails
+    while the store is down: the failure is still reported, and the backup is written once it is back."""
+    folder = backup_config(tmp_path, sink.port, ["a@example.net", "x@nowhere.test"])
+    routes = folder / "routes.yaml"
+    routes.write_text(routes.read_text().replace('    - match: "*"\n', '    - match: "example.net"\n'))
+    engine = await engine_for(folder)
+    with caplog.at_level(logging.ERROR, logger="listkeeper.delivery"), failing(LIST_NAMES) as fault:
+        await post(engine)
+        await wait_for(lambda: states(store_url) == {"a@example.net": "delivered", "x@nowhere.test": "failed"})
+        notice = await wait_for(lambda: list((tmp_path / "local").glob("*postmaster*")))
+        assert b"x@nowhere.test" in notice[0].read_bytes()
+        assert fault["failed"] >= 1
+    await wait_for(lambda: (tmp_path / "backup" / "members" / "a@example.net.eml").exists())
+    assert not any("worker failed" in r.getMessage() for r in caplog.records)
+    await wait_for(lambda: not engine.scheduler._bodies)  # the failed message's body is released once reported

@@ -518,9 +518,14 @@ class Scheduler:
             except Exception:
                 self._outcomes = outcomes + self._outcomes  # written with the next flush
                 self._failures = failures + self._failures
+                self._backups = backups + self._backups
                 raise
         if backups:
-            await asyncio.to_thread(self._write_backups, backups, snapshot.delivery.backup)
+            try:
+                await asyncio.to_thread(self._write_backups, backups, snapshot.delivery.backup)
+            except Exception:  # noqa: BLE001 - the store failed before any was written: all go with the next flush
+                log.exception("writing %d backup copies failed; tried again with the next outcomes", len(backups))
+                self._backups = backups + self._backups
         if failures:
             await self._report(failures, snapshot)
 
