@@ -147,3 +147,42 @@ async def test_a_failed_list_lookup_for_backups_loses_no_report_and_no_backup(tm
     await wait_for(lambda: (tmp_path / "backup" / "members" / "a@example.net.eml").exists())
     assert not any("worker failed" in r.getMessage() for r in caplog.records)
     await wait_for(lambda: not engine.scheduler._bodies)  # the failed message's body is released once reported
+
+
+async def test_a_delivery_dropped_while_being_claimed_is_not_sent(tmp_path, sink, engine_for, store_url):
+    """`listkeeper queue drop` racing a claim: either the drop wins (the delivery is gone and never sent)
+    or the claim does (the drop is refused while the delivery is being sent, or comes after). Never both."""
+    people = ["a@example.net", "drop@example.net", "c@example.net"]
+    engine = await engine_for(config(tmp_path, sink.port, people))
+    other = reconcile_folder(tmp_path / "conf", store_url)  # the operator's CLI: a connection of its own
+    dropped: list[tuple[bool, float]] = []
+
+    def drop(delivery_id: int) -> None:
+        with other.engine.begin() as conn:
+            done = store_queue.drop(conn, delivery_id)
+        dropped.append((done, time.monotonic()))
+
+    def drop_during_the_claim() -> bool:  # run by the claim of the post, after its reading
+        with other.engine.connect() as conn:
+            found = conn.execute(select(deliveries.c.id).where(deliveries.c.recipient == "drop@example.net",
+                                                               deliveries.c.state == "queued")).scalar()
+        if found is None:  # an earlier claim: the post is not spooled yet
+            return False
+        operator = threading.Thread(target=drop, args=(found,))
+        operator.start()
+        operator.join(1)  # (a claim holding the write lock would make it wait for the commit)
+        return True
+
+    with failing(CLAIM, times=1, when="after_cursor_execute", act=drop_during_the_claim):
+        await post(engine)
+        await wait_for(lambda: dropped)
+        await wait_for(lambda: {"a@example.net", "c@example.net"} <= set(sink.rcpts()))
+    await asyncio.sleep(0.3)
+    other.close()
+    (done, at), = dropped
+    sent_at = [r.at for r in sink.received if "drop@example.net" in r.rcpts]
+    assert len(sent_at) <= 1
+    if done:  # a drop after its sending (a delivered delivery may be dropped) is no race
+        assert all(sent < at for sent in sent_at), "sent after it was dropped"
+    else:
+        assert sent_at, "the drop was refused: the claim had it, and it was sent"

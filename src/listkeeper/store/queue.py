@@ -215,22 +215,30 @@ def renew_leases(conn: Connection, owner: str, until: float, now: float) -> int:
 
 
 def claim_due(conn: Connection, now: float, limit: int, lease: float, owner: str | None = None) -> list[Due]:
-    """Due deliveries, leased to `owner` until now + lease. On PostgreSQL the rows are locked with
-    SKIP LOCKED: nodes claiming at once each get different rows and never wait for each other.
-    (SQLite serialises writers; the clause is left out there.)"""
-    rows = conn.execute(
-        select(deliveries.c.id, deliveries.c.message_id, deliveries.c.recipient,
-               deliveries.c.return_path, deliveries.c.attempts, deliveries.c.created_at)
-        .where(deliveries.c.state.in_(("queued", "deferred")), deliveries.c.next_attempt_at <= now)
+    """Due deliveries, leased to `owner` until now + lease, in the order they fell due. On PostgreSQL the
+    rows are locked with SKIP LOCKED: nodes claiming at once each get different rows and never wait for
+    each other. (SQLite serialises writers; the clause is left out there, and the SELECT runs before the
+    write lock is taken.) So the UPDATE claims only rows still due and returns those: a delivery dropped
+    or changed between the two is never claimed. (BEGIN IMMEDIATE would do it too, but holds the write
+    lock while the claimed bodies are read: the delivery bench lost some 13%.)"""
+    due = [deliveries.c.state.in_(("queued", "deferred")), deliveries.c.next_attempt_at <= now]
+    ids = conn.execute(
+        select(deliveries.c.id).where(*due)
         .order_by(deliveries.c.next_attempt_at, deliveries.c.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
-    ).all()
-    if not rows:
+    ).scalars().all()
+    if not ids:
         return []
-    conn.execute(update(deliveries).where(deliveries.c.id.in_([r.id for r in rows]))
-                 .values(state="sending", lease_until=now + lease, claimed_by=owner, updated_at=now))
-    return [Due(r.id, r.message_id, r.recipient, r.return_path, r.attempts, r.created_at) for r in rows]
+    rows = conn.execute(
+        update(deliveries).where(deliveries.c.id.in_(ids), *due)
+        .values(state="sending", lease_until=now + lease, claimed_by=owner, updated_at=now)
+        .returning(deliveries.c.id, deliveries.c.message_id, deliveries.c.recipient, deliveries.c.return_path,
+                   deliveries.c.attempts, deliveries.c.created_at)
+    ).all()
+    order = {delivery_id: n for n, delivery_id in enumerate(ids)}
+    return [Due(r.id, r.message_id, r.recipient, r.return_path, r.attempts, r.created_at)
+            for r in sorted(rows, key=lambda r: order[r.id])]
 
 
 def next_due_at(conn: Connection) -> float | None:
