@@ -5,7 +5,7 @@ bounded batches (so no per-recipient object lives for a whole fan-out), queues t
 runs at most `per_destination` connections per destination and `max_connections` in all, sends
 several messages per connection, paces sending (throttle, per-run limit, smart-host delay), and
 records outcomes in batches with retry times from the lifecycle table. Its claims are leases
-(leases.py); a graceful stop drains it (drain.py).
+(leases.py); a graceful stop drains it (drain.py). What each copy is made from is copies.py's.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from listkeeper.store import suppressions as store_suppressions
 from listkeeper.store.queue import Due, Outcome
 
 from . import backup, downgrade, drain, dsn
+from .copies import Makers, NotYet, Personalise, Templates, Unrenderable  # noqa: F401 - importable here
 from .destinations import Destination, destination_for, is_suppressed
 from .leases import Leases
 from .lifecycle import Event, RetryPolicy, State, next_state
@@ -44,30 +45,6 @@ FLUSH_AFTER = 0.2  # ... or after this many seconds, so little is sent again aft
 PICKUP_CHUNK = 200
 
 Inject = Callable[[bytes, str, list[str]], Awaitable[None]]
-# (stored message, its list, snapshot) -> what each recipient's copy is made from (`.for_recipient`), or
-# None to send it as stored: per-recipient headers such as a one-click unsubscribe link
-Personalise = Callable[[bytes, "str | None", object], "object | None"]
-# a stored message of kind 'template' (a list event's template mail) -> what renders its copies:
-# `.for_batch(conn, [(delivery id, recipient)])` gives each delivery's bytes, or why it could not be made
-Templates = Callable[[bytes], object]
-
-
-@dataclass(frozen=True)
-class Unrenderable:
-    """A template message no copy can be made of (unreadable, or no renderer): each delivery fails."""
-
-    reason: str
-    batch = True
-
-    def for_batch(self, conn, recipients: list[tuple[int, str]]) -> dict[int, str]:
-        return {delivery_id: self.reason for delivery_id, _ in recipients}
-
-
-@dataclass(frozen=True)
-class NotYet:
-    """Copies that could not be made for a passing reason (the store): those deliveries are retried."""
-
-    reason: str
 
 
 @dataclass
@@ -112,13 +89,13 @@ class Scheduler:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
+        self._stopped = asyncio.Event()
         self._outcomes: list[Outcome] = []
         self._failures: list[tuple[Due, Result]] = []
         self._backups: list[tuple[Due, bytes]] = []
         self._bodies: dict[int, bytes] = {}
-        self._personalise = personalise
         self._personal: dict[int, object] = {}  # message id -> its per-recipient maker, for some bodies
-        self._templates = templates
+        self._makers = Makers(store, current, personalise, templates)
         # delivery id -> its rendered copy, why there is none (a failure), or why not yet (a retry)
         self._copies: dict[int, bytes | str | NotYet] = {}
         self._refs: dict[int, int] = {}
@@ -152,19 +129,22 @@ class Scheduler:
         self._loop.call_soon_threadsafe(self._wake.set)
 
     async def run(self) -> None:
-        await asyncio.to_thread(self.leases.release_at_start)
+        released = False  # this node's leases of before its start, released once the store allows
         while not self._stopping:
             self._wake.clear()
             snapshot = self._current()
             settings = snapshot.delivery
             try:
+                if not released:
+                    await asyncio.to_thread(self.leases.release_at_start)
+                    released = True
                 done = await self.run_once(snapshot)
             except Exception:  # never let one bad run stop delivery; leases bring the work back
                 log.exception("delivery run failed; trying again in %s s", settings.run_interval)
-                await asyncio.sleep(settings.run_interval)
+                await self._pause(settings.run_interval)
                 continue
             if settings.run_limit and done >= settings.run_limit:
-                await asyncio.sleep(settings.run_interval)  # the rest waits for the next run
+                await self._pause(settings.run_interval)  # the rest waits for the next run
                 continue
             if done:
                 continue
@@ -174,6 +154,14 @@ class Scheduler:
             except TimeoutError:
                 pass
 
+    async def _pause(self, seconds: float) -> None:
+        """The wait between runs that new work does not shorten; a stop ends it."""
+        try:
+            async with asyncio.timeout(seconds):
+                await self._stopped.wait()
+        except TimeoutError:
+            pass
+
     async def drain(self, task: asyncio.Task, bound: float) -> None:
         """A graceful stop of `task` (this scheduler's run()), at most `bound` seconds of sending: drain.py."""
         await drain.stop(task, bound, halt=self._halt, flush=lambda: self._flush(self._current()),
@@ -181,6 +169,7 @@ class Scheduler:
 
     def _halt(self) -> None:
         self._stopping = True
+        self._stopped.set()
         self._wake.set()
         self._room.set()
 
@@ -259,7 +248,7 @@ class Scheduler:
             self._refs[d.message_id] = self._refs.get(d.message_id, 0) + 1
         gone = {d.message_id for d in due} - set(self._bodies)  # released while we were claiming
         if gone:
-            bodies, personal = await asyncio.to_thread(self._fetch, gone)
+            bodies, personal = await asyncio.to_thread(self._makers.fetch, gone)
             self._bodies.update(bodies)
             self._personal.update(personal)
         templated = {mid for mid in {d.message_id for d in due} if getattr(self._personal.get(mid), "batch", False)}
@@ -269,63 +258,13 @@ class Scheduler:
                 batches.setdefault(d.message_id, []).append((d.delivery_id, d.recipient))
         if batches:
             self._copies.update(await asyncio.to_thread(
-                self._render, [(self._personal[mid], recipients) for mid, recipients in batches.items()]))
+                self._makers.render, [(self._personal[mid], recipients) for mid, recipients in batches.items()]))
         return due
-
-    def _render(self, batches: list[tuple[object, list[tuple[int, str]]]]) -> dict[int, bytes | str | NotYet]:
-        """Each claimed delivery of a template message rendered, with one read of its recipients' data.
-        A template's own error fails its copy (the maker says so); anything else here is retried."""
-        copies: dict[int, bytes | str | NotYet] = {}
-        for maker, recipients in batches:
-            try:
-                with self._store.engine.connect() as conn:
-                    copies.update(maker.for_batch(conn, recipients))
-            except Exception as exc:  # noqa: BLE001 - retried later, none is lost
-                log.exception("rendering %d template deliveries failed; they are retried", len(recipients))
-                later = NotYet(f"{type(exc).__name__}: {exc}")
-                copies.update({delivery_id: later for delivery_id, _ in recipients})
-        return copies
-
-    def _fetch(self, message_ids: set[int]) -> tuple[dict[int, bytes], dict[int, object]]:
-        with self._store.engine.connect() as conn:
-            return self._load(conn, message_ids)
 
     def _claim_in_store(self, limit: int, known: frozenset[int]):
         with self._store.engine.begin() as conn:
             due = store_queue.claim_due(conn, self._clock(), limit, self.leases.duration, self.node)
-            return due, self._load(conn, {d.message_id for d in due} - known)
-
-    def _load(self, conn, message_ids: set[int]) -> tuple[dict[int, bytes], dict[int, object]]:
-        """Bodies, and for those that get per-recipient headers, their makers: once per message."""
-        bodies = store_queue.message_data(conn, message_ids)
-        if not bodies:
-            return bodies, {}
-        heads = store_queue.message_heads(conn, bodies)
-        personal = {mid: self._template(mid, data) for mid, data in bodies.items() if heads[mid][1] == "template"}
-        if self._personalise is None:
-            return bodies, personal
-        snapshot = self._current()
-        for mid, data in bodies.items():
-            if mid in personal:
-                continue
-            try:
-                maker = self._personalise(data, heads[mid][0] or None, snapshot)
-            except Exception:  # noqa: BLE001 - the message still goes out, as stored
-                log.exception("per-recipient headers for message %d failed; sending it as stored", mid)
-                maker = None
-            if maker is not None:
-                personal[mid] = maker
-        return bodies, personal
-
-    def _template(self, mid: int, data: bytes) -> object:
-        """What renders a template message's copies; never its stored form sent as a mail."""
-        if self._templates is None:
-            return Unrenderable("this scheduler renders no template mails")
-        try:
-            return self._templates(data)
-        except Exception as exc:  # noqa: BLE001
-            log.exception("template message %d cannot be read", mid)
-            return Unrenderable(f"{type(exc).__name__}: {exc}")
+            return due, self._makers.load(conn, {d.message_id for d in due} - known)
 
     def _data(self, due: Due, seven_bit: bool = False) -> bytes:
         """The copy as it leaves: a rendered template copy or the post with its per-recipient headers, seven
@@ -505,9 +444,14 @@ class Scheduler:
             except Exception:
                 self._outcomes = outcomes + self._outcomes  # written with the next flush
                 self._failures = failures + self._failures
+                self._backups = backups + self._backups
                 raise
         if backups:
-            await asyncio.to_thread(self._write_backups, backups, snapshot.delivery.backup)
+            try:
+                await asyncio.to_thread(self._write_backups, backups, snapshot.delivery.backup)
+            except Exception:  # noqa: BLE001 - the store failed before any was written: all go with the next flush
+                log.exception("writing %d backup copies failed; tried again with the next outcomes", len(backups))
+                self._backups = backups + self._backups
         if failures:
             await self._report(failures, snapshot)
 
