@@ -17,10 +17,11 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.engine import Connection
 
 from listkeeper.engine import moderation
-from listkeeper.engine.digests import send_now
+from listkeeper.engine import digests as digests_engine
 from listkeeper.engine.housekeeping import JOBS, run_round
 from listkeeper.engine.snapshot import load_snapshot
 from listkeeper.store import Store
+from listkeeper.store import digests as store_digests
 from listkeeper.store import queue as store_queue
 from listkeeper.store.tables import deliveries, digest_pending, digests, holds, messages
 
@@ -113,25 +114,61 @@ def test_two_moderators_deciding_at_once_one_decision_stands(stores):
         assert approval.posts == ()
 
 
-def test_a_digest_sent_by_hand_and_the_round_make_one_issue(stores):
-    """`digest send` read the pending posts; the round sent them as a digest before it took them."""
+def pending_post(store: Store) -> int:
+    post_id = stored_post(store)
+    with store.engine.begin() as conn:
+        conn.execute(insert(digest_pending).values(list_name="members", message_id=post_id, size=30, added_at=1.0))
+    return post_id
+
+
+def by_hand(conn: Connection, snapshot, now: float) -> list:
+    """What `listkeeper digest send members` runs in its transaction."""
+    sent = digests_engine.send(conn, snapshot, snapshot.lists["members@example.org"], now, "hand", everything=True)
+    store_queue.insert_posts(conn, [(None, snapshot.generation, post) for _, post in sent], now)
+    return [issue for issue, _ in sent]
+
+
+def by_round(conn: Connection, snapshot, now: float) -> list:
+    """What the housekeeping round's digest job runs in its transaction."""
+    posts = list(JOBS["digests.send"](conn, snapshot, now) or ())
+    store_queue.insert_posts(conn, [(None, snapshot.generation, post) for post in posts], now)
+    return posts
+
+
+@pytest.mark.parametrize("path, meanwhile", [(by_hand, by_round), (by_round, by_hand)])
+def test_a_digest_sent_by_hand_and_by_the_round_at_once_is_one_issue(stores, path, meanwhile):
+    """One sender read the pending posts; the other sent them as a digest before the first took them."""
     ours, other = stores
     snapshot = load_snapshot(ours)
-    post_id = stored_post(ours)
-    with ours.engine.begin() as conn:
-        conn.execute(insert(digest_pending).values(list_name="members", message_id=post_id, size=30, added_at=1.0))
+    pending_post(ours)
+    now = 10.0 ** 9  # past the schedule's first time after the post arrived
 
-    def round_(conn: Connection) -> list:
-        posts = list(JOBS["digests.send"](conn, snapshot, 10.0 ** 10) or ())
-        store_queue.insert_posts(conn, [(None, snapshot.generation, p) for p in posts], 10.0 ** 10)
-        return posts
-
-    with commit_meanwhile(ours, other, "FROM digest_pending", round_) as by_round:
-        sent = send_now(ours, snapshot, "members", 3.0)
+    with commit_meanwhile(ours, other, "FROM digest_pending", lambda conn: meanwhile(conn, snapshot, now)) as done:
+        with ours.writing() as conn:
+            ours_sent = path(conn, snapshot, now)
     with ours.engine.connect() as conn:
         issues = conn.execute(select(digests.c.volume, digests.c.issue, digests.c.trigger)).all()
         to_dan = conn.execute(select(func.count()).where(deliveries.c.recipient == "dan@example.com")).scalar()
         left = conn.execute(select(func.count()).select_from(digest_pending)).scalar()
     assert len(issues) == 1 and to_dan == 1 and left == 0
-    assert len(sent.issues) + len(by_round["result"]) == 1
-    assert issues[0].trigger == ("hand" if path_wins(ours) else "schedule")
+    assert len(ours_sent) + len(done["result"]) == 1
+    # SQLite: the other waits for our write lock. PostgreSQL: the other sender waits for ours if we read
+    # the posts under the list's sending lock; the round reads which lists are due before taking it
+    winner = path if path_wins(ours) or path is by_hand else meanwhile
+    assert issues[0].trigger == ("hand" if winner is by_hand else "schedule")
+
+
+def test_a_pending_post_is_taken_once(stores):
+    """Whatever else serialises the senders, two that read the same pending post take it once."""
+    ours, other = stores
+    post_id = pending_post(ours)
+
+    def take(store: Store):
+        return lambda conn: store_digests.take(conn, "members", [post_id])
+
+    with commit_meanwhile(ours, other, "FROM digest_pending", take(other)) as meanwhile:
+        with ours.writing() as conn:
+            assert store_digests.pending_posts(conn, "members") == [(post_id, 30)]
+            taken = take(ours)(conn)
+    assert sorted([taken, meanwhile["result"]]) == [set(), {post_id}]
+    assert taken == ({post_id} if path_wins(ours) else set())
