@@ -204,6 +204,7 @@ def send(conn: Connection, snapshot: Snapshot, lst: ListConfig, now: float, trig
          everything: bool) -> list[tuple[Issue, PostRecord]]:
     """The list's digests to queue now (several when the pending posts exceed max_size), numbered and
     recorded; the posts they carry leave the pending list. Nobody to send to: the posts just leave it."""
+    store_digests.lock_sending(conn, lst.name)
     recipients = receivers(lst, snapshot, now)
     if not _anyone(recipients, conn):
         dropped = store_digests.clear(conn, lst.name)
@@ -213,16 +214,20 @@ def send(conn: Connection, snapshot: Snapshot, lst: ListConfig, now: float, trig
     settings = lst.spec.digest
     pending = store_digests.pending_posts(conn, lst.name)
     sizes = dict(pending)
+    chosen = issues(pending, settings.max_size, everything)
+    wanted = [i for ids in chosen for i in ids]
+    taken = store_digests.take(conn, lst.name, wanted)
+    if len(taken) < len(wanted):
+        log.info("digest list=%s %d post(s) taken meanwhile by another sender", lst.name, len(wanted) - len(taken))
     hostname = snapshot.hostname(lst.domain)
     current = period(settings.new_volume, datetime.fromtimestamp(now, ZoneInfo(settings.timezone)))
-    last = store_digests.last_issue(conn, lst.name)
+    last = store_digests.last_issue(conn, lst.name)  # read once the posts are ours: numbered after any other sender's
     out: list[tuple[Issue, PostRecord]] = []
-    for ids in issues(pending, settings.max_size, everything):
+    for ids in filter(None, ([i for i in ids if i in taken] for ids in chosen)):
         volume, number = next_number(last, current)
         data = build(lst, store_digests.post_data(conn, ids), volume, number, hostname, now)
         last = Issue(lst.name, volume, number, current, len(ids), sum(sizes[i] for i in ids), trigger, now)
         store_digests.record(conn, last)
-        store_digests.clear(conn, lst.name, ids)
         out.append((last, PostRecord(lst.name, "queued", f"digest: Vol {volume}, Issue {number} ({len(ids)} "
                                      f"posts, {trigger})", data, lst.address_for("bounces"),
                                      _with_archive_copy(recipients, snapshot.delivery.archive_copy), verp=True)))

@@ -83,14 +83,15 @@ def decide(conn: Connection, snapshot: Snapshot, token: str, decision: str, by: 
     if hold is None:
         return Outcome(f"No post is held with token {token}; nothing happened.")
     if hold["decided_at"] is not None:
-        return Outcome(f"The post held with token {token} was already {hold['decision']}; nothing happened.")
+        return _already(token, hold)
     lst = _list(snapshot, hold["list_name"])
     if lst is None:
         return Outcome(f"The list of the post held with token {token} no longer exists; nothing happened.")
+    done = {"approve": "approved", "reject": "rejected", "discard": "discarded"}[decision]
+    if not _decided(conn, token, now, done, by):
+        return _already(token, find(conn, token))
     post = conn.execute(select(messages.c.id, messages.c.data, messages.c.mail_from)
                         .where(messages.c.id == hold["message_id"])).one()
-    done = {"approve": "approved", "reject": "rejected", "discard": "discarded"}[decision]
-    conn.execute(update(holds).where(holds.c.token == token).values(decided_at=now, decision=done, decided_by=by))
     conn.execute(update(messages).where(messages.c.id == post.id)
                  .values(state="queued" if decision == "approve" else done))
     log.info("moderation list=%s token=%s decision=%s by=%s", lst.name, token, done, by)
@@ -108,6 +109,18 @@ def decide(conn: Connection, snapshot: Snapshot, token: str, decision: str, by: 
     return Outcome(f"The post from {hold['sender']} to {lst.spec.address} (token {token}) was {done}.", posts)
 
 
+def _decided(conn: Connection, token: str, now: float, decision: str, by: str) -> bool:
+    """Decide the hold if it is still undecided. What was read before may be stale (on PostgreSQL another
+    node's or the CLI's decision can commit meanwhile): only the one whose write changed the row acts."""
+    return conn.execute(update(holds).where(holds.c.token == token, holds.c.decided_at.is_(None))
+                        .values(decided_at=now, decision=decision, decided_by=by)).rowcount == 1
+
+
+def _already(token: str, hold: dict) -> Outcome:
+    return Outcome(f"The post held with token {token} was already {hold['decision']} (by {hold['decided_by']}); "
+                   f"nothing happened.")
+
+
 def _to_sender(lst: ListConfig, snapshot: Snapshot, sender: str, subject: str, text: str, now: float) -> PostRecord:
     data = notice(lst.address_for("owner"), sender, subject, text, snapshot.hostname(lst.domain), now,
                   loop_marker=lst.spec.address).as_bytes()
@@ -120,8 +133,9 @@ def expire(conn: Connection, snapshot: Snapshot, now: float) -> list[PostRecord]
     rows = conn.execute(select(holds).where(holds.c.decided_at.is_(None), holds.c.expires_at <= now)).all()
     notices = []
     for hold in rows:
-        conn.execute(update(holds).where(holds.c.token == hold.token)
-                     .values(decided_at=now, decision="expired", decided_by="expiry"))
+        if not _decided(conn, hold.token, now, "expired", "expiry"):
+            log.info("moderation list=%s token=%s decided meanwhile; not expired", hold.list_name, hold.token)
+            continue
         conn.execute(update(messages).where(messages.c.id == hold.message_id).values(state="expired"))
         lst = _list(snapshot, hold.list_name)
         log.info("moderation list=%s token=%s decision=expired", hold.list_name, hold.token)

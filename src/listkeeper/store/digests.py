@@ -9,12 +9,13 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 
-from sqlalchemy import delete, exists, func, insert, select
+from sqlalchemy import delete, exists, func, insert, select, text
 from sqlalchemy.engine import Connection
 
 from .tables import deliveries, digest_pending, digests, messages, subscribers
 
 LOOKUP_CHUNK = 500  # addresses per IN (...) lookup: far below every driver's parameter limit
+SENDING_LOCK = 0x6C6B_6467  # 'lkdg': with the list's name, a PostgreSQL advisory lock held while it is sent
 
 
 @dataclass(frozen=True)
@@ -55,11 +56,30 @@ def post_data(conn: Connection, message_ids: list[int]) -> list[bytes]:
     return [rows[i] for i in message_ids if i in rows]
 
 
-def clear(conn: Connection, list_name: str, message_ids: Iterable[int] | None = None) -> int:
-    where = [digest_pending.c.list_name == list_name]
-    if message_ids is not None:
-        where.append(digest_pending.c.message_id.in_(list(message_ids)))
-    return conn.execute(delete(digest_pending).where(*where)).rowcount
+def clear(conn: Connection, list_name: str) -> int:
+    return conn.execute(delete(digest_pending).where(digest_pending.c.list_name == list_name)).rowcount
+
+
+def lock_sending(conn: Connection, list_name: str) -> None:
+    """On PostgreSQL, one transaction at a time sends a list's digests (the housekeeping leader, `digest
+    send` run by hand): the next one waits for its commit and then reads the posts still pending and
+    the newest issue. On SQLite Store.writing() holds the write lock already."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key, hashtext(:name))"),
+                     {"key": SENDING_LOCK, "name": list_name})
+
+
+def take(conn: Connection, list_name: str, message_ids: Iterable[int]) -> set[int]:
+    """Remove the posts from the pending list; returns those this transaction removed. A post another
+    sender removed meanwhile is not among them (PostgreSQL waits for that sender's commit): whatever the
+    isolation, each pending post is taken into one digest only."""
+    taken: set[int] = set()
+    message_ids = iter(message_ids)
+    while chunk := list(islice(message_ids, LOOKUP_CHUNK)):
+        taken.update(conn.execute(delete(digest_pending).where(
+            digest_pending.c.list_name == list_name, digest_pending.c.message_id.in_(chunk))
+            .returning(digest_pending.c.message_id)).scalars())
+    return taken
 
 
 def has_members(conn: Connection, list_name: str, *, active_only: bool = True) -> bool:

@@ -1,0 +1,174 @@
+"""Two processes deciding the same thing at once, on SQLite and on PostgreSQL: exactly one wins.
+
+On PostgreSQL Store.writing() is a plain READ COMMITTED transaction: what a path read may be decided
+by another node's commit before the path writes. So the writes themselves say what they expect
+(a hold still undecided, a pending post still pending) and the path acts only on what they changed.
+As in test_sqlite_locking, another store commits right after one of the path's statements ran. On
+SQLite that commit waits for the path's write lock (the path wins); on PostgreSQL it lands before the
+path's write (the other wins)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, insert, select
+from sqlalchemy.engine import Connection
+
+from listkeeper.engine import moderation
+from listkeeper.engine import digests as digests_engine
+from listkeeper.engine.housekeeping import JOBS, run_round
+from listkeeper.engine.snapshot import load_snapshot
+from listkeeper.store import Store
+from listkeeper.store import digests as store_digests
+from listkeeper.store import queue as store_queue
+from listkeeper.store.tables import deliveries, digest_pending, digests, holds, messages
+
+from .conftest import DOMAIN, pickup_routes, reconcile_folder, write
+from .test_sqlite_locking import LISTS, commit_meanwhile, stored_post
+
+
+@pytest.fixture
+def stores(tmp_path: Path, db_url: str) -> Iterator[tuple[Store, Store]]:
+    """The store the path runs on, and another one on the same database (another process's)."""
+    folder = tmp_path / "conf"
+    write(folder, "domain.yaml", DOMAIN)
+    write(folder, "lists.yaml", LISTS)
+    write(folder, "routes.yaml", pickup_routes(tmp_path / "outbox"))
+    ours = reconcile_folder(folder, db_url)
+    other = Store.open(db_url)
+    yield ours, other
+    other.close()
+    ours.close()
+
+
+def held(store: Store) -> int:
+    post_id = stored_post(store)
+    with store.engine.begin() as conn:
+        conn.execute(insert(holds).values(token="t1", message_id=post_id, list_name="members",
+                                          sender="sender@example.net", subject="hi", reason="moderated",
+                                          created_at=1.0, expires_at=2.0))
+    return post_id
+
+
+def deciding(snapshot, post_id: int, decision: str, by: str):
+    """A decision as `listkeeper moderation DECISION` makes it: the outcome's notices queued with it."""
+    def work(conn: Connection) -> moderation.Outcome:
+        outcome = moderation.decide(conn, snapshot, "t1", decision, by, 5.0)
+        store_queue.insert_posts(conn, [(post_id, snapshot.generation, p) for p in outcome.posts], 5.0)
+        return outcome
+    return work
+
+
+def path_wins(store: Store) -> bool:
+    return store.engine.dialect.name == "sqlite"
+
+
+def state(store: Store, post_id: int) -> tuple[str, str, str, list[str], int, int]:
+    with store.engine.connect() as conn:
+        hold = conn.execute(select(holds.c.decision, holds.c.decided_by).where(holds.c.token == "t1")).one()
+        post = conn.execute(select(messages.c.state).where(messages.c.id == post_id)).scalar_one()
+        sent = sorted(conn.execute(select(deliveries.c.recipient).where(deliveries.c.message_id == post_id))
+                      .scalars())
+        notices = conn.execute(select(func.count()).select_from(messages).where(messages.c.id != post_id)).scalar()
+        in_digest = conn.execute(select(func.count()).select_from(digest_pending)).scalar()
+    return hold.decision, hold.decided_by, post, sent, notices, in_digest
+
+
+def test_an_expiry_and_an_approval_meeting_one_decision_stands(stores):
+    """The expiry read the hold as undecided; an approval committed before the expiry wrote."""
+    ours, other = stores
+    snapshot = load_snapshot(ours)
+    post_id = held(ours)
+    with commit_meanwhile(ours, other, "FROM holds", deciding(snapshot, post_id, "approve", "cli")) as approval:
+        assert run_round(ours, snapshot, 10.0, {"moderation.expire": JOBS["moderation.expire"]}).failed == ()
+    decision, by, post, sent, notices, in_digest = state(ours, post_id)
+    if path_wins(ours):
+        assert (decision, by, post, sent, notices, in_digest) == ("expired", "expiry", "expired", [], 1, 0)
+        assert "already expired (by expiry)" in approval["result"].text
+    else:  # the sender is not told it expired, and the approval is not undone
+        assert (decision, by, post, notices, in_digest) == ("approved", "cli", "queued", 0, 1)
+        assert sent == ["alice@example.org", "bob@example.net"]
+        assert "was approved" in approval["result"].text
+
+
+def test_two_moderators_deciding_at_once_one_decision_stands(stores):
+    """A moderator's reply read the hold as undecided; `moderation reject` committed before it wrote."""
+    ours, other = stores
+    snapshot = load_snapshot(ours)
+    post_id = held(ours)
+    with commit_meanwhile(ours, other, "FROM holds", deciding(snapshot, post_id, "reject", "cli")) as rejection:
+        with ours.writing() as conn:
+            approval = deciding(snapshot, post_id, "approve", "mod@example.org")(conn)
+    decision, by, post, sent, notices, in_digest = state(ours, post_id)
+    if path_wins(ours):
+        assert (decision, by, post, notices, in_digest) == ("approved", "mod@example.org", "queued", 0, 1)
+        assert sent == ["alice@example.org", "bob@example.net"]
+        assert rejection["result"].text == ("The post held with token t1 was already approved (by "
+                                            "mod@example.org); nothing happened.")
+        assert rejection["result"].posts == ()
+    else:  # the approval sends nothing: the sender was told of the rejection, and only that
+        assert (decision, by, post, sent, notices, in_digest) == ("rejected", "cli", "rejected", [], 1, 0)
+        assert approval.text == "The post held with token t1 was already rejected (by cli); nothing happened."
+        assert approval.posts == ()
+
+
+def pending_post(store: Store) -> int:
+    post_id = stored_post(store)
+    with store.engine.begin() as conn:
+        conn.execute(insert(digest_pending).values(list_name="members", message_id=post_id, size=30, added_at=1.0))
+    return post_id
+
+
+def by_hand(conn: Connection, snapshot, now: float) -> list:
+    """What `listkeeper digest send members` runs in its transaction."""
+    sent = digests_engine.send(conn, snapshot, snapshot.lists["members@example.org"], now, "hand", everything=True)
+    store_queue.insert_posts(conn, [(None, snapshot.generation, post) for _, post in sent], now)
+    return [issue for issue, _ in sent]
+
+
+def by_round(conn: Connection, snapshot, now: float) -> list:
+    """What the housekeeping round's digest job runs in its transaction."""
+    posts = list(JOBS["digests.send"](conn, snapshot, now) or ())
+    store_queue.insert_posts(conn, [(None, snapshot.generation, post) for post in posts], now)
+    return posts
+
+
+@pytest.mark.parametrize("path, meanwhile", [(by_hand, by_round), (by_round, by_hand)])
+def test_a_digest_sent_by_hand_and_by_the_round_at_once_is_one_issue(stores, path, meanwhile):
+    """One sender read the pending posts; the other sent them as a digest before the first took them."""
+    ours, other = stores
+    snapshot = load_snapshot(ours)
+    pending_post(ours)
+    now = 10.0 ** 9  # past the schedule's first time after the post arrived
+
+    with commit_meanwhile(ours, other, "FROM digest_pending", lambda conn: meanwhile(conn, snapshot, now)) as done:
+        with ours.writing() as conn:
+            ours_sent = path(conn, snapshot, now)
+    with ours.engine.connect() as conn:
+        issues = conn.execute(select(digests.c.volume, digests.c.issue, digests.c.trigger)).all()
+        to_dan = conn.execute(select(func.count()).where(deliveries.c.recipient == "dan@example.com")).scalar()
+        left = conn.execute(select(func.count()).select_from(digest_pending)).scalar()
+    assert len(issues) == 1 and to_dan == 1 and left == 0
+    assert len(ours_sent) + len(done["result"]) == 1
+    # SQLite: the other waits for our write lock. PostgreSQL: the other sender waits for ours if we read
+    # the posts under the list's sending lock; the round reads which lists are due before taking it
+    winner = path if path_wins(ours) or path is by_hand else meanwhile
+    assert issues[0].trigger == ("hand" if winner is by_hand else "schedule")
+
+
+def test_a_pending_post_is_taken_once(stores):
+    """Whatever else serialises the senders, two that read the same pending post take it once."""
+    ours, other = stores
+    post_id = pending_post(ours)
+
+    def take(store: Store):
+        return lambda conn: store_digests.take(conn, "members", [post_id])
+
+    with commit_meanwhile(ours, other, "FROM digest_pending", take(other)) as meanwhile:
+        with ours.writing() as conn:
+            assert store_digests.pending_posts(conn, "members") == [(post_id, 30)]
+            taken = take(ours)(conn)
+    assert sorted([taken, meanwhile["result"]]) == [set(), {post_id}]
+    assert taken == ({post_id} if path_wins(ours) else set())
