@@ -10,7 +10,7 @@ from sqlalchemy import case, func, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import aliased
 
-from .tables import bounces, messages, subscribers
+from .tables import bounces, deliveries, messages, subscribers
 
 PENDING = "bounce"  # messages.state of a bounce post not read yet
 DONE = "bounce-done"  # read: its failures are recorded (or it held none)
@@ -60,6 +60,18 @@ def pending(conn: Connection, limit: int) -> list[BouncePost]:
         found.append(BouncePost(row.id, row.list_name or "", to[0] if to else "", row.mail_from or "", row.data,
                                 row.created_at))
     return found
+
+
+def sent_lately(conn: Connection, return_path: str, recipient: str, since: float,
+                before_id: int | None = None) -> bool:
+    """Whether a copy to `recipient` with this return path was tried at or after `since` (with
+    `before_id`: only one of the deliveries queued before that id)."""
+    query = select(deliveries.c.id).where(
+        deliveries.c.return_path == return_path, func.lower(deliveries.c.recipient) == recipient.lower(),
+        deliveries.c.attempts > 0, deliveries.c.updated_at >= since)
+    if before_id is not None:
+        query = query.where(deliveries.c.id < before_id)
+    return conn.execute(query.limit(1)).first() is not None
 
 
 def mark(conn: Connection, post_id: int, state: str) -> None:

@@ -70,6 +70,8 @@ deliveries = Table(
 )
 Index("ix_deliveries_due", deliveries.c.state, deliveries.c.next_attempt_at)
 Index("ix_deliveries_message", deliveries.c.message_id)
+# a bounce without a valid VERP tag counts only if a copy was sent with its return path (engine/bounces.py)
+Index("ix_deliveries_return_path", deliveries.c.return_path)
 # PostgreSQL: what a claim reads, in the order it takes it: a claim of 500 of 100,000 due deliveries
 # stops after 500 rows instead of sorting them all (every node claims this way, many times a second).
 # SQLite (one node) does better without the cost of keeping it.
