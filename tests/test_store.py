@@ -201,3 +201,29 @@ def test_lease_upkeep_never_deadlocks_with_outcome_writes(store, other):
     for thread in threads:
         thread.join(timeout=30)
     assert errors == []
+
+
+def test_a_claim_tags_verp_return_paths_and_marks_where_tags_began(store):
+    from listkeeper.delivery.verp import signed
+    from listkeeper.manifests.addresses import sign_verp
+    from listkeeper.store.bounces import sent_lately
+    from listkeeper.store.signing import verp_key
+
+    old = queue.PostRecord("l", "queued", "before tags", b"copy", "l-bounces@x.org", ("a+b=c@y.org",), verp=True)
+    new = queue.PostRecord("l", "queued", "after", b"copy", "l-bounces@x.org", ("d@y.org",), verp=True)
+    with store.engine.begin() as conn:
+        queue.insert_posts(conn, [(None, 1, old)], 1000.0)
+        (sent_before,) = queue.claim_due(conn, 1000.0, 10, lease=60)  # sent untagged, before the upgrade
+        queue.record_outcomes(conn, [queue.Outcome(sent_before.delivery_id, "deferred", "relay", "451", 1000.0)],
+                              1000.0)
+        queue.insert_posts(conn, [(None, 1, new)], 1000.0)
+    with store.engine.begin() as conn:  # the first claim after the upgrade makes the key, in its transaction
+        retried, fresh = signed(conn, queue.claim_due(conn, 1000.0, 10, lease=60))
+        key, tagged_from = verp_key(conn)
+    with store.engine.begin() as conn:
+        assert verp_key(conn) == (key, fresh.delivery_id)  # made once; from the first copy never tried
+    assert retried.return_path == sign_verp(key, "l-bounces@x.org", "a+b=c@y.org")
+    assert fresh.return_path == sign_verp(key, "l-bounces@x.org", "d@y.org") != "l-bounces+d=y.org@x.org"
+    with store.engine.connect() as conn:  # the queue keeps the untagged form
+        assert sent_lately(conn, "l-bounces+a+b=c=y.org@x.org", "a+b=c@y.org", 900.0, tagged_from)
+        assert not sent_lately(conn, "l-bounces+d=y.org@x.org", "d@y.org", 900.0, tagged_from)  # never tried
