@@ -66,7 +66,7 @@ def phase_engine(directory: Path, store: Path) -> dict:
     start = time.perf_counter()
     record = queue.InboundRecord("a@example.org", ("big@example.org",), b"raw", 1, (queue.PostRecord(
         "big", "queued", "member", b"copy", "big-bounces@example.org",
-        lambda: member_directory.stream(spec, query, moment), verp=True),))
+        lambda conn: member_directory.stream(spec, query, moment), verp=True),))
     with s.engine.begin() as conn:
         queue.spool(conn, [record], s.now())
     elapsed = time.perf_counter() - start
