@@ -149,5 +149,5 @@ def tagged_verp(store: Store, address: str, bounce_address: str = "members-bounc
     """The VERP return path delivery gives a copy to `address`: with the tag made with the store's key."""
     from listkeeper.manifests.addresses import sign_verp
     with store.engine.begin() as conn:
-        key, _ = verp_key(conn)
+        key = verp_key(conn)
     return sign_verp(key, bounce_address, address)

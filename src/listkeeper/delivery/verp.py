@@ -19,10 +19,9 @@ from listkeeper.store.signing import verp_key
 def signed(conn: Connection, claimed: list[Due]) -> list[Due]:
     """The claimed deliveries, each whose return path is the VERP of its own recipient carrying the tag."""
     bounce_addresses = [_unsigned_verp_of(due) for due in claimed]
-    fresh = [d.delivery_id for d, b in zip(claimed, bounce_addresses) if b is not None and d.attempts == 0]
     if not any(bounce_addresses):
         return claimed
-    key, _ = verp_key(conn, min(fresh, default=None))
+    key = verp_key(conn)
     return [due if bounce_address is None else replace(
                 due, return_path=sign_verp(key, bounce_address, due.recipient.lower()))
             for due, bounce_address in zip(claimed, bounce_addresses)]

@@ -16,12 +16,12 @@ receipt) is no bounce. Without VERP, every failed address the report
 names that is a subscriber of the list counts. A bounce is never answered.
 
 Anyone can send mail to a bounce address, so a bounce counts only when it answers our mail: its VERP
-address carries the tag delivery signed it with (delivery/verp.py); or, without a tag (a bounce of a
-copy sent before tags began, or a report to the plain address), the store shows a copy to that address
-which left with a return path the bounce could have come back to (its untagged VERP, queued before tags
-began; for the plain address, also the plain address itself, as notices use) and was tried within
-`stale_after` (at least 7 days). Any other is recorded for the subscriber as not counted, with the
-reason (`unattributed: ...`), and logged; its score is untouched.
+address carries the tag delivery signed it with (delivery/verp.py); or, a report to the plain address,
+it names someone we sent a notice (which leaves with the plain address) within `stale_after` (at least
+7 days). Any other is recorded for the subscriber as not counted, with the reason (`unattributed: ...`),
+and logged; its score is untouched. That includes untagged VERP bounces: anyone can write one, and the
+bounces of copies sent before an upgrade to tags are not told apart from them (a week of bounces that do
+not count delays disabling a dead address; it never disables a live one).
 
 Score (per list, `spec.bounces`): a hard bounce adds `hard` (1), a soft one `soft` (0.5), at most once a
 day (UTC) per subscriber; after `stale_after` (7 days) without a bounce the score starts again from zero;
@@ -40,7 +40,7 @@ from email.policy import SMTP
 from sqlalchemy.engine import Connection
 
 from listkeeper import notify
-from listkeeper.manifests.addresses import split_verp, verp, verp_signed_by
+from listkeeper.manifests.addresses import split_verp, verp_signed_by
 from listkeeper.manifests.lists import Bounces
 from listkeeper.store import bounces as store_bounces
 from listkeeper.store import subscribers
@@ -57,7 +57,7 @@ from .snapshot import ListConfig, Snapshot
 log = logging.getLogger("listkeeper.bounces")
 BATCH = 1000  # bounces read per round; more wait for the next minute
 DAY = 86400
-SENT_WITHIN = 7 * DAY  # an untagged bounce answers a copy tried this recently (or within stale_after)
+SENT_WITHIN = 7 * DAY  # a report to the plain address answers a notice tried this recently (or within stale_after)
 NOT_SIGNED = "verp token not signed by this server"
 
 
@@ -117,25 +117,18 @@ def verp_subscriber(to: str, lst: ListConfig) -> str | None:
     return verped[0] if verped else None
 
 
-def unproven(conn: Connection, lst: ListConfig, item: Attributed, at: float, tagged_from: int) -> str | None:
-    """Why the bounce cannot count for its subscriber, or None when it answers our mail.
-
-    Untagged, it must answer a copy that may have left untagged: one sent before tags began (a delivery id
-    below `tagged_from`) with that VERP return path, or, for a report to the plain address, also one sent
-    with the plain address (a notice); tried within stale_after, at least 7 days."""
+def unproven(conn: Connection, lst: ListConfig, item: Attributed, at: float) -> str | None:
+    """Why the bounce cannot count for its subscriber, or None when it answers our mail."""
     if item.token == SIGNED:
         return None
     if item.token == WRONG_TAG:
         return NOT_SIGNED
-    bounce_address = lst.address_for("bounces")
-    since = at - max(lst.spec.bounces.stale_after, SENT_WITHIN)
-    if store_bounces.sent_lately(conn, verp(bounce_address, item.address), item.address, since, tagged_from):
-        return None
     if item.token == UNTAGGED:
-        return f"{NOT_SIGNED}, and no untagged copy was sent to this address lately"
-    if store_bounces.sent_lately(conn, bounce_address, item.address, since):
+        return f"{NOT_SIGNED} (no tag)"
+    since = at - max(lst.spec.bounces.stale_after, SENT_WITHIN)
+    if store_bounces.notice_sent_lately(conn, lst.address_for("bounces"), item.address, since):
         return None
-    return "a report to the plain bounce address naming an address no copy was sent to with it lately"
+    return "a report to the plain bounce address naming an address no notice was sent to lately"
 
 
 def process(conn: Connection, snapshot: Snapshot, now: float) -> list[PostRecord]:
@@ -143,7 +136,7 @@ def process(conn: Connection, snapshot: Snapshot, now: float) -> list[PostRecord
     lists = {lst.name: lst for lst in snapshot.lists.values()}
     notices: list[PostRecord] = []
     pending = store_bounces.pending(conn, BATCH)
-    key, tagged_from = verp_key(conn) if pending else (b"", 0)
+    key = verp_key(conn) if pending else b""
     for post in pending:
         lst = lists.get(post.list_name)
         if lst is None:
@@ -160,7 +153,7 @@ def process(conn: Connection, snapshot: Snapshot, now: float) -> list[PostRecord
             log.info("bounce message=%d list=%s to=%s from=%s: no failure in it (not a bounce); not counted",
                      post.id, lst.name, post.to, post.mail_from or "<>")
         for item in found:
-            why = unproven(conn, lst, item, post.at, tagged_from)
+            why = unproven(conn, lst, item, post.at)
             if why is None:
                 notices.extend(count(conn, snapshot, lst, post, item, now))
             else:

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import secrets
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
-from .tables import deliveries, meta
+from .tables import meta
 
 KEY_BYTES = 32
 
@@ -46,18 +46,6 @@ def signing_key_in(conn: Connection, purpose: str) -> bytes:
     return bytes.fromhex(found)
 
 
-def verp_key(conn: Connection, first_fresh: int | None = None) -> tuple[bytes, int]:
-    """The key VERP return paths are tagged with, and the delivery id from which copies leave tagged (a
-    delivery below it may have been sent untagged, before the upgrade). Made with the key: above every
-    delivery queued so far, and at or below `first_fresh`, the first never tried of the claim making it."""
-    name = "verp.tagged_from"
-    found = conn.execute(select(meta.c.value).where(meta.c.key == name)).scalar()
-    if found is None:
-        first = (conn.execute(select(func.max(deliveries.c.id))).scalar() or 0) + 1
-        if first_fresh is not None:
-            first = min(first, first_fresh)
-        dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
-        conn.execute(dialect.insert(meta).values(key=name, value=str(first))
-                     .on_conflict_do_nothing(index_elements=["key"]))
-        found = conn.execute(select(meta.c.value).where(meta.c.key == name)).scalar_one()
-    return signing_key_in(conn, "verp"), int(found)
+def verp_key(conn: Connection) -> bytes:
+    """The key VERP return paths are tagged with (made on first use, in the caller's transaction)."""
+    return signing_key_in(conn, "verp")
