@@ -15,6 +15,7 @@ from listkeeper.engine.server import ServeOptions, start_engine
 from listkeeper.manifests import load_manifests
 from listkeeper.reconcile import reconcile
 from listkeeper.store import Store
+from listkeeper.store.signing import verp_key
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -142,3 +143,11 @@ async def engine_for(tmp_path: Path, store_url: str):
                 task.print_stack()
             raise
         engine.store.close()
+
+
+def tagged_verp(store: Store, address: str, bounce_address: str = "members-bounces@example.org") -> str:
+    """The VERP return path delivery gives a copy to `address`: with the tag made with the store's key."""
+    from listkeeper.manifests.addresses import sign_verp
+    with store.engine.begin() as conn:
+        key = verp_key(conn)
+    return sign_verp(key, bounce_address, address)

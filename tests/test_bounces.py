@@ -4,6 +4,7 @@ owner told, the next post not sent to them)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -23,14 +24,16 @@ from listkeeper.engine.recipients import accept_recipient
 from listkeeper.engine.server import ServeOptions, start_engine
 from listkeeper.engine.snapshot import load_snapshot
 from listkeeper.manifests import ManifestErrors, load_manifests
+from listkeeper.manifests.addresses import parse_verp, sign_verp, unverp
 from listkeeper.manifests.lists import Bounces
 from listkeeper.reconcile import reconcile
 from listkeeper.store import Store, subscribers
 from listkeeper.store import queue as store_queue
 from listkeeper.store.bounces import Standing
+from listkeeper.store.queue import Outcome, PostRecord
 from listkeeper.store.tables import bounces, deliveries, messages, subscription_changes
 
-from .conftest import DOMAIN, pickup_routes, wait_for, write
+from .conftest import DOMAIN, pickup_routes, tagged_verp, wait_for, write
 from .test_bounce_reports import sample
 from .test_scheduler import config as relay_config
 from .test_scheduler import post as relay_post
@@ -39,7 +42,7 @@ from .test_serve import send
 
 DAY = 86400.0
 MONDAY = datetime(2026, 11, 23, 9, 0, tzinfo=timezone.utc).timestamp()
-VERP_ALICE = "members-bounces+alice=example.net@example.org"
+VERP_ALICE = "members-bounces+alice=example.net@example.org"  # untagged: as anyone can write it
 
 
 # --- the score rules, pure -----------------------------------------------------------------------------
@@ -153,6 +156,27 @@ def member(store: Store, address: str):
         return subscribers.get(conn, "members", address)
 
 
+def signed(store: Store, address: str = "alice@example.net") -> str:
+    """The tagged VERP address delivery gives a copy to `address` (tags begin: the key is made)."""
+    return tagged_verp(store, address)
+
+
+def sent(store: Store, *addresses: str, verp: bool = True) -> None:
+    """A copy to each address was queued and tried now: a list copy, or a notice sent with the plain address."""
+    post = PostRecord("members", "queued", "a copy", b"Subject: A copy\r\n\r\nHello.\r\n",
+                      "members-bounces@example.org", addresses, verp=verp)
+    with store.engine.begin() as conn:
+        store_queue.insert_posts(conn, [(None, 1, post)], store.now())
+        due = store_queue.claim_due(conn, store.now(), 100, 60)
+        store_queue.record_outcomes(conn, [Outcome(d.delivery_id, "delivered", "smtp") for d in due], store.now())
+
+
+def history(store: Store, address: str) -> list[str]:
+    with store.engine.connect() as conn:
+        return list(conn.execute(select(bounces.c.detail).where(bounces.c.address == address)
+                                 .order_by(bounces.c.id)).scalars())
+
+
 def owner_notices(store: Store) -> list[bytes]:
     with store.engine.connect() as conn:
         return list(conn.execute(select(messages.c.data).where(
@@ -160,6 +184,7 @@ def owner_notices(store: Store) -> list[bytes]:
 
 
 def test_once_a_day_threshold_and_owner_notice(store, clock):
+    VERP_ALICE = signed(store)
     for day, name in enumerate(["postfix.eml", "gmail.eml", "office365.eml", "qmail.eml"]):
         clock.at = MONDAY + day * DAY
         receive(store, VERP_ALICE, sample(name))  # VERP names alice, whichever address the report names
@@ -192,6 +217,7 @@ def test_once_a_day_threshold_and_owner_notice(store, clock):
 
 
 def test_a_quiet_week_starts_the_score_from_zero(store, clock):
+    VERP_ALICE = signed(store)
     receive(store, VERP_ALICE, sample("postfix.eml"))
     clock.at += DAY
     receive(store, VERP_ALICE, sample("postfix.eml"))
@@ -207,13 +233,59 @@ def test_a_quiet_week_starts_the_score_from_zero(store, clock):
 
 
 def test_bounces_without_verp_are_parsed(store):
+    signed(store)
+    sent(store, "kim@example.net")  # a list copy: a bounce of it comes back to its tagged VERP address
+    sent(store, "sam@example.net", verp=False)  # a notice, sent with the plain bounce address
     receive(store, "members-bounces@example.org", sample("exim.eml"))  # kim (regular), sam (digest)
     receive(store, "members-bounces@example.org", sample("gmail.eml"))  # gina: no member, not recorded
-    assert recorded(store) == [("kim@example.net", HARD, 1), ("sam@example.net", HARD, 1)]
-    assert member(store, "kim@example.net").bounce_score == 1 and member(store, "sam@example.net").bounce_score == 1
+    assert recorded(store) == [("kim@example.net", HARD, 0), ("sam@example.net", HARD, 1)]
+    assert member(store, "kim@example.net").bounce_score == 0 and member(store, "sam@example.net").bounce_score == 1
+
+
+def test_forged_bounces_are_recorded_not_counted(store, clock):
+    VERP_ALICE_SIGNED = signed(store)  # tags begin; then every copy leaves tagged
+    sent(store, "alice@example.net", "kim@example.net", "sam@example.net")
+    for day in range(6):  # a forger's daily bounce, untagged: the queue holds alice's copy, but it left tagged
+        clock.at = MONDAY + day * DAY
+        receive(store, VERP_ALICE, sample("postfix.eml"))
+    receive(store, VERP_ALICE.replace("@", "+abcdefgh@"), sample("postfix.eml"))  # a made-up tag
+    receive(store, VERP_ALICE_SIGNED.replace("@", "x@"), sample("postfix.eml"))  # a tag, altered
+    receive(store, "members-bounces+bob=example.net+" + VERP_ALICE_SIGNED.split("+")[2], sample("postfix.eml"))
+    receive(store, "members-bounces@example.org", sample("exim.eml"))  # kim and sam, named in a report only
+    assert recorded(store) == [("alice@example.net", HARD, 0)] * 8 + [
+        ("bob@example.net", HARD, 0), ("kim@example.net", HARD, 0), ("sam@example.net", HARD, 0)]
+    for address in ("alice@example.net", "bob@example.net", "kim@example.net", "sam@example.net"):
+        assert (member(store, address).state, member(store, address).bounce_score) == ("active", 0)
+    alice = history(store, "alice@example.net")
+    assert alice[0].endswith("not counted: unattributed: verp token not signed by this server (no tag)")
+    assert alice[-1].endswith("not counted: unattributed: verp token not signed by this server")
+    assert history(store, "kim@example.net")[0].endswith(
+        "unattributed: a report to the plain bounce address naming an address no notice was sent to lately")
+
+
+def test_untagged_bounces_are_recorded_not_counted_even_for_copies_sent_before_tags(store, clock):
+    sent(store, "alice@example.net")  # queued and sent before the upgrade: its return path had no tag
+    receive(store, VERP_ALICE, sample("postfix.eml"))  # its bounce cannot be told from a forged one
+    assert recorded(store) == [("alice@example.net", HARD, 0)]
+    assert member(store, "alice@example.net").bounce_score == 0
+    receive(store, signed(store), sample("postfix.eml"))  # the next copy's bounce counts
+    assert member(store, "alice@example.net").bounce_score == 1
+
+
+@pytest.mark.parametrize("address", ["alice@example.net", "a+b=c@example.net", "x=y+z@sub.example.net",
+                                     "=+@example.net"])
+def test_verp_round_trips_plus_and_equals_in_the_local_part(address):
+    key = b"k" * 32
+    tagged = sign_verp(key, "members-bounces@example.org", address)
+    assert tagged.startswith("members-bounces+") and tagged.endswith("@example.org")
+    token = tagged.removeprefix("members-bounces+").removesuffix("@example.org")
+    recipient, tag = parse_verp(token)
+    assert recipient == address and len(tag) == 8 and unverp(token) == address
+    assert parse_verp(token.rpartition("+")[0]) == (address, None)  # untagged, as stored in the queue
 
 
 def test_auto_replies_and_mail_from_people_are_no_bounces(store):
+    VERP_ALICE = signed(store)
     away = (b"From: alice@example.net\r\nTo: members-bounces+alice=example.net@example.org\r\n"
             b"Subject: Out of office\r\nAuto-Submitted: auto-replied\r\n\r\nBack on Monday.\r\n")
     receive(store, VERP_ALICE, away)  # RFC 3834 sends it with a null sender too
@@ -231,6 +303,8 @@ def test_auto_replies_and_mail_from_people_are_no_bounces(store):
 
 
 def test_cli_shows_scores_and_enables_a_member(store, clock, store_url):
+    VERP_ALICE = signed(store)
+    sent(store, "kim@example.net", "sam@example.net", verp=False)  # notices, with the plain bounce address
     for day in range(5):
         clock.at = MONDAY + day * DAY
         receive(store, VERP_ALICE, sample("postfix.eml"))
@@ -289,23 +363,29 @@ async def test_bounces_over_smtp_disable_a_subscriber(tmp_path, engine, clock):
     copies = await wait_for(lambda: [m for m in outbox(tmp_path) if m["Subject"] == "First post"] if len(
         outbox(tmp_path)) == 3 else None)
     return_paths = {m["Delivered-To"]: m["Return-Path"] for m in copies}
-    assert return_paths["alice@example.net"] == f"<{VERP_ALICE}>"
     store = engine.store
+    tagged = signed(store)
+    assert return_paths["alice@example.net"] == f"<{tagged}>" and tagged.startswith(VERP_ALICE.partition("@")[0])
 
-    async def bounce_arrives(name: str, count: int):
+    async def bounce_arrives(name: str, count: int, to: str = tagged):
         async with aiosmtplib.SMTP(hostname="127.0.0.1", port=engine.port, start_tls=False) as smtp:
             await smtp.mail("")  # a bounce has the null sender: MAIL FROM:<>
-            await smtp.rcpt(VERP_ALICE)
+            await smtp.rcpt(to)
             reply = await smtp.data(sample(name))
         assert reply.code == 250
         await wait_for(lambda: len(recorded(store)) == count)
 
-    await bounce_arrives("postfix.eml", 1)
-    await bounce_arrives("office365.eml", 2)  # the same day: not counted
-    assert recorded(store) == [("alice@example.net", HARD, 1), ("alice@example.net", HARD, 0)]
+    await bounce_arrives("postfix.eml", 1, VERP_ALICE)  # forged: no tag; alice's copy left tagged
+    assert recorded(store) == [("alice@example.net", HARD, 0)]
+    await bounce_arrives("postfix.eml", 2)
+    await bounce_arrives("office365.eml", 3)  # the same day: not counted
+    assert recorded(store) == [("alice@example.net", HARD, 0), ("alice@example.net", HARD, 1),
+                               ("alice@example.net", HARD, 0)]
     assert member(store, "alice@example.net").state == "active"
     clock.at += DAY
-    await bounce_arrives("gmail.eml", 3)
+    await bounce_arrives("postfix.eml", 4, tagged.replace("alice=", "bob="))  # alice's tag, for bob
+    clock.at += DAY
+    await bounce_arrives("gmail.eml", 5)
     await wait_for(lambda: member(store, "alice@example.net").state == "disabled")
     notice = await wait_for(lambda: [m for m in outbox(tmp_path) if "too many bounces" in (m["Subject"] or "")])
     assert [m["Delivered-To"] for m in notice] == ["chair@example.org"]
@@ -328,5 +408,8 @@ async def test_our_own_delivery_reports_count_the_same_way(tmp_path, sink, engin
         kept = conn.execute(select(messages.c.mail_from, messages.c.state, messages.c.recipients)
                             .where(messages.c.id == message_id)).one()
     assert detail.startswith("verp: 5.1.1 smtp; 550 5.1.1 No such user here")
-    assert kept.state == "bounce-done" and "members-bounces+perm=example.net@example.org" in kept.recipients
+    perm, ok = signed(engine.store, "perm@example.net"), signed(engine.store, "ok@example.net")
+    assert kept.state == "bounce-done" and json.loads(kept.recipients) == [perm]
     assert member(engine.store, "perm@example.net").bounce_score == 1
+    assert [(r.mail_from, r.rcpts) for r in sink.received] == [(ok, ["ok@example.net"])]  # MAIL FROM is tagged
+    assert ok.startswith("members-bounces+ok=example.net+") and ok.endswith("@example.org")

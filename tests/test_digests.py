@@ -24,7 +24,7 @@ from listkeeper.store import digests as store_digests
 from listkeeper.store.digests import Issue, Pending
 from listkeeper.store.tables import digest_pending
 
-from .conftest import DOMAIN, pickup_routes, wait_for, write
+from .conftest import DOMAIN, pickup_routes, tagged_verp, wait_for, write
 from .test_serve import send
 
 DAY = 86400.0
@@ -244,7 +244,7 @@ async def test_scheduled_digest_goes_to_digest_members_only(tmp_path, conf, engi
     assert mailto == "<mailto:members-request@example.org?subject=unsubscribe>"
     assert digest["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert digest["From"] == "members-request@example.org" and digest["To"] == "members@example.org"
-    assert digest["Return-Path"] == "<members-bounces+dan=example.com@example.org>"  # VERP, as posts
+    assert digest["Return-Path"] == f"<{tagged_verp(store, 'dan@example.com')}>"  # tagged VERP, as posts
     toc, *parts = digest.iter_parts()
     assert toc.get_content_type() == "text/plain"
     text = toc.get_content()

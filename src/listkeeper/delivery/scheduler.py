@@ -26,7 +26,7 @@ from listkeeper.store import queue as store_queue
 from listkeeper.store import suppressions as store_suppressions
 from listkeeper.store.queue import Due, Outcome
 
-from . import backup, downgrade, drain, dsn
+from . import backup, downgrade, drain, dsn, verp
 from .copies import Makers, NotYet, Personalise, Templates, Unrenderable  # noqa: F401 - importable here
 from .destinations import Destination, destination_for, is_suppressed
 from .leases import Leases
@@ -263,7 +263,7 @@ class Scheduler:
 
     def _claim_in_store(self, limit: int, known: frozenset[int]):
         with self._store.engine.begin() as conn:
-            due = store_queue.claim_due(conn, self._clock(), limit, self.leases.duration, self.node)
+            due = verp.signed(conn, store_queue.claim_due(conn, self._clock(), limit, self.leases.duration, self.node))
             return due, self._makers.load(conn, {d.message_id for d in due} - known)
 
     def _data(self, due: Due, seven_bit: bool = False) -> bytes:

@@ -15,6 +15,14 @@ null sender to a VERP address counts as a hard bounce, as in Mailman; one from a
 receipt) is no bounce. Without VERP, every failed address the report
 names that is a subscriber of the list counts. A bounce is never answered.
 
+Anyone can send mail to a bounce address, so a bounce counts only when it answers our mail: its VERP
+address carries the tag delivery signed it with (delivery/verp.py); or, a report to the plain address,
+it names someone we sent a notice (which leaves with the plain address) within `stale_after` (at least
+7 days). Any other is recorded for the subscriber as not counted, with the reason (`unattributed: ...`),
+and logged; its score is untouched. That includes untagged VERP bounces: anyone can write one, and the
+bounces of copies sent before an upgrade to tags are not told apart from them (a week of bounces that do
+not count delays disabling a dead address; it never disables a live one).
+
 Score (per list, `spec.bounces`): a hard bounce adds `hard` (1), a soft one `soft` (0.5), at most once a
 day (UTC) per subscriber; after `stale_after` (7 days) without a bounce the score starts again from zero;
 at `threshold` (5) delivery is disabled and the list's owner (its moderators) is told. Every bounce of a
@@ -32,12 +40,13 @@ from email.policy import SMTP
 from sqlalchemy.engine import Connection
 
 from listkeeper import notify
-from listkeeper.manifests.addresses import unverp
+from listkeeper.manifests.addresses import split_verp, verp_signed_by
 from listkeeper.manifests.lists import Bounces
 from listkeeper.store import bounces as store_bounces
 from listkeeper.store import subscribers
 from listkeeper.store.bounces import BouncePost, Standing
 from listkeeper.store.queue import PostRecord
+from listkeeper.store.signing import verp_key
 
 from . import bounce_reports
 from .bounce_reports import HARD, SOFT
@@ -48,6 +57,8 @@ from .snapshot import ListConfig, Snapshot
 log = logging.getLogger("listkeeper.bounces")
 BATCH = 1000  # bounces read per round; more wait for the next minute
 DAY = 86400
+SENT_WITHIN = 7 * DAY  # a report to the plain address answers a notice tried this recently (or within stale_after)
+NOT_SIGNED = "verp token not signed by this server"
 
 
 @dataclass(frozen=True)
@@ -69,51 +80,71 @@ def assess(before: Standing, kind: str, rules: Bounces, at: float) -> Assessment
     return Assessment(True, score, score >= rules.threshold, note)
 
 
+SIGNED, UNTAGGED, WRONG_TAG, PLAIN = "signed", "untagged", "wrong tag", "plain"
+
+
 @dataclass(frozen=True)
 class Attributed:
     address: str
     kind: str
     detail: str
+    token: str = SIGNED  # what the address it came to proves: signed | untagged | wrong tag | plain
 
 
-def attribute(post: BouncePost, lst: ListConfig) -> list[Attributed]:
-    """Whom the bounce is for, and how it failed. Pure."""
+def attribute(post: BouncePost, lst: ListConfig, key: bytes) -> list[Attributed]:
+    """Whom the bounce is for, how it failed, and what its address proves. Pure."""
     found = bounce_reports.read(post.data)
-    subscriber = verp_subscriber(post.to, lst)
-    if subscriber is None:
-        return [Attributed(f.address, f.kind, f"report: {f.detail}") for f in found]
+    bounce_address = lst.address_for("bounces")
+    verped = split_verp(post.to, bounce_address)
+    if verped is None:
+        return [Attributed(f.address, f.kind, f"report: {f.detail}", PLAIN) for f in found]
+    subscriber, tag = verped
+    token = UNTAGGED if tag is None else SIGNED if verp_signed_by(key, bounce_address, subscriber, tag) else WRONG_TAG
     if found:
         kind = HARD if any(f.kind == HARD for f in found) else SOFT
         detail = next(f.detail for f in found if f.kind == kind)
-        return [Attributed(subscriber, kind, f"verp: {detail}")]
+        return [Attributed(subscriber, kind, f"verp: {detail}", token)]
     sender = post.mail_from.lower()
     if sender and not sender.startswith(("mailer-daemon@", "postmaster@")):
         return []  # a person, or an auto-reply sent with a sender
     if bounce_reports.is_report(post.data) or bounce_reports.is_auto_reply(post.data):
         return []  # a report naming no failure (delivered, a read receipt), or an out-of-office answer
-    return [Attributed(subscriber, HARD, "verp: a bounce in a format not recognised")]
+    return [Attributed(subscriber, HARD, "verp: a bounce in a format not recognised", token)]
 
 
 def verp_subscriber(to: str, lst: ListConfig) -> str | None:
-    local, _, domain = to.lower().rpartition("@")
-    base, plus, token = local.partition("+")
-    if plus and base == f"{lst.local_part}-bounces" and domain == lst.domain:
-        return unverp(token)
-    return None
+    verped = split_verp(to, lst.address_for("bounces"))
+    return verped[0] if verped else None
+
+
+def unproven(conn: Connection, lst: ListConfig, item: Attributed, at: float) -> str | None:
+    """Why the bounce cannot count for its subscriber, or None when it answers our mail."""
+    if item.token == SIGNED:
+        return None
+    if item.token == WRONG_TAG:
+        return NOT_SIGNED
+    if item.token == UNTAGGED:
+        return f"{NOT_SIGNED} (no tag)"
+    since = at - max(lst.spec.bounces.stale_after, SENT_WITHIN)
+    if store_bounces.notice_sent_lately(conn, lst.address_for("bounces"), item.address, since):
+        return None
+    return "a report to the plain bounce address naming an address no notice was sent to lately"
 
 
 def process(conn: Connection, snapshot: Snapshot, now: float) -> list[PostRecord]:
     """The housekeeping job: read pending bounces, record and score them; returns the owner notices."""
     lists = {lst.name: lst for lst in snapshot.lists.values()}
     notices: list[PostRecord] = []
-    for post in store_bounces.pending(conn, BATCH):
+    pending = store_bounces.pending(conn, BATCH)
+    key = verp_key(conn) if pending else b""
+    for post in pending:
         lst = lists.get(post.list_name)
         if lst is None:
             log.info("bounce message=%d list=%s: the list no longer exists; not counted", post.id, post.list_name)
             store_bounces.mark(conn, post.id, store_bounces.DONE)
             continue
         try:
-            found = attribute(post, lst)
+            found = attribute(post, lst, key)
         except Exception:  # kept for a person to look at; the other bounces go on
             log.exception("bounce message=%d list=%s could not be read", post.id, lst.name)
             store_bounces.mark(conn, post.id, store_bounces.UNREADABLE)
@@ -122,9 +153,22 @@ def process(conn: Connection, snapshot: Snapshot, now: float) -> list[PostRecord
             log.info("bounce message=%d list=%s to=%s from=%s: no failure in it (not a bounce); not counted",
                      post.id, lst.name, post.to, post.mail_from or "<>")
         for item in found:
-            notices.extend(count(conn, snapshot, lst, post, item, now))
+            why = unproven(conn, lst, item, post.at)
+            if why is None:
+                notices.extend(count(conn, snapshot, lst, post, item, now))
+            else:
+                unattributed(conn, lst, post, item, why)
         store_bounces.mark(conn, post.id, store_bounces.DONE)
     return notices
+
+
+def unattributed(conn: Connection, lst: ListConfig, post: BouncePost, item: Attributed, why: str) -> None:
+    """A bounce not proven to answer our mail: shown in the subscriber's history, never scored."""
+    log.warning("bounce message=%d list=%s address=%s to=%s: unattributed, not counted (%s)", post.id, lst.name,
+                item.address, post.to, why)
+    if subscribers.get(conn, lst.name, item.address) is not None:
+        store_bounces.record(conn, lst.name, item.address, item.kind, False, post.id,
+                             f"{item.detail}; not counted: unattributed: {why}", post.at)
 
 
 def count(conn: Connection, snapshot: Snapshot, lst: ListConfig, post: BouncePost, item: Attributed,

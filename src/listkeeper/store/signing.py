@@ -8,7 +8,8 @@ from __future__ import annotations
 import secrets
 
 from sqlalchemy import insert, select
-from sqlalchemy.engine import Engine
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from .tables import meta
@@ -30,3 +31,21 @@ def signing_key(engine: Engine, purpose: str) -> bytes:
         except IntegrityError:
             pass  # another node made it first: read theirs
     raise RuntimeError(f"the store keeps no {purpose} signing key and none could be made")
+
+
+def signing_key_in(conn: Connection, purpose: str) -> bytes:
+    """`signing_key` inside the caller's transaction (the delivery claim, the bounce round): made there on
+    first use, never in a second connection that would wait for this one's write lock on SQLite."""
+    name = f"signing_key.{purpose}"
+    found = conn.execute(select(meta.c.value).where(meta.c.key == name)).scalar()
+    if found is None:
+        dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
+        conn.execute(dialect.insert(meta).values(key=name, value=secrets.token_hex(KEY_BYTES))
+                     .on_conflict_do_nothing(index_elements=["key"]))
+        found = conn.execute(select(meta.c.value).where(meta.c.key == name)).scalar_one()
+    return bytes.fromhex(found)
+
+
+def verp_key(conn: Connection) -> bytes:
+    """The key VERP return paths are tagged with (made on first use, in the caller's transaction)."""
+    return signing_key_in(conn, "verp")
