@@ -25,22 +25,12 @@ from listkeeper.store import digests as store_digests
 from listkeeper.store import queue as store_queue
 from listkeeper.store.tables import deliveries, digest_pending, digests, holds, messages
 
-from .conftest import DOMAIN, pickup_routes, reconcile_folder, write
-from .test_sqlite_locking import LISTS, commit_meanwhile, stored_post
+from .test_sqlite_locking import commit_meanwhile, stored_post, two_stores
 
 
 @pytest.fixture
 def stores(tmp_path: Path, db_url: str) -> Iterator[tuple[Store, Store]]:
-    """The store the path runs on, and another one on the same database (another process's)."""
-    folder = tmp_path / "conf"
-    write(folder, "domain.yaml", DOMAIN)
-    write(folder, "lists.yaml", LISTS)
-    write(folder, "routes.yaml", pickup_routes(tmp_path / "outbox"))
-    ours = reconcile_folder(folder, db_url)
-    other = Store.open(db_url)
-    yield ours, other
-    other.close()
-    ours.close()
+    yield from two_stores(tmp_path, db_url)
 
 
 def held(store: Store) -> int:

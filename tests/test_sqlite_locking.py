@@ -46,18 +46,22 @@ spec:
 WAIT = 0.5  # how long the path waits for the other commit; with the write lock held, that commit waits instead
 
 
-@pytest.fixture
-def stores(tmp_path: Path, store_url: str) -> Iterator[tuple[Store, Store]]:
-    """The store the path runs on, and another one on the same file (another process's connection)."""
+def two_stores(tmp_path: Path, url: str) -> Iterator[tuple[Store, Store]]:
+    """The store the path runs on, and another one on the same database (another process's connection)."""
     folder = tmp_path / "conf"
     write(folder, "domain.yaml", DOMAIN)
     write(folder, "lists.yaml", LISTS)
     write(folder, "routes.yaml", pickup_routes(tmp_path / "outbox"))
-    ours = reconcile_folder(folder, store_url)
-    other = Store.open(store_url)
+    ours = reconcile_folder(folder, url)
+    other = Store.open(url)
     yield ours, other
     other.close()
     ours.close()
+
+
+@pytest.fixture
+def stores(tmp_path: Path, store_url: str) -> Iterator[tuple[Store, Store]]:
+    yield from two_stores(tmp_path, store_url)
 
 
 @contextmanager
