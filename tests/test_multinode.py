@@ -15,6 +15,7 @@ from listkeeper.manifests import load_manifests
 from listkeeper.reconcile import reconcile
 from listkeeper.store import Store
 from listkeeper.store import config as applied_config
+from listkeeper.store.nodes import LEADER_APPLICATION
 
 from .conftest import DOMAIN, pg_database, pickup_routes, wait_for, write
 from .test_reload import OTHER, members
@@ -28,8 +29,9 @@ def test_one_leader_at_a_time_and_another_when_it_is_gone():
             assert (one.check(), two.check()) == (True, False)
             assert (one.check(), two.check()) == (True, False)  # the leader keeps the lead
             with store.engine.connect() as conn:  # mx1's session dies (its process was killed)
-                conn.execute(text("select pg_terminate_backend(pid) from pg_locks "
-                                  "where locktype = 'advisory' and granted"))
+                conn.execute(text("select pg_terminate_backend(pid) from pg_stat_activity "
+                                  "where datname = current_database() and application_name = :name"),
+                             {"name": f"{LEADER_APPLICATION}mx1"})
             assert one.check() is False  # it notices at its next check ...
             assert two.check() is True  # ... and mx2 takes over at its next try
             assert one.check() is False

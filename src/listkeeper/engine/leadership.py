@@ -75,6 +75,11 @@ class Leadership:
 
     def close(self) -> None:
         """Give the lead up at once (a clean stop): another node needs no wait to take it."""
+        if self._shared and self.leading and self._conn is not None:
+            try:  # at once: a closed session's locks go only when its server process has exited
+                self._conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": LOCK_KEY})
+            except Exception:  # noqa: BLE001 - the connection is gone, and the lock with it
+                pass
         self.leading = not self._shared
         self._drop()
         if self._engine is not None:
