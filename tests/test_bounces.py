@@ -263,6 +263,17 @@ def test_forged_bounces_are_recorded_not_counted(store, clock):
         "unattributed: a report to the plain bounce address naming an address no notice was sent to lately")
 
 
+def test_a_tag_with_non_ascii_letters_is_unattributed_not_unreadable(store):
+    """SMTPUTF8 lets anyone write one: it is a wrong tag like any other, not a bounce no one could read."""
+    signed(store)
+    receive(store, VERP_ALICE.replace("@", "+\u00e4bcdefgh@"), sample("postfix.eml"))
+    with store.engine.connect() as conn:
+        assert conn.execute(select(messages.c.state).where(messages.c.state.like("bounce%"))).scalars().all() == [
+            "bounce-done"]
+    assert recorded(store) == [("alice@example.net", HARD, 0)]
+    assert history(store, "alice@example.net")[0].endswith("unattributed: verp token not signed by this server")
+
+
 def test_untagged_bounces_are_recorded_not_counted_even_for_copies_sent_before_tags(store, clock):
     sent(store, "alice@example.net")  # queued and sent before the upgrade: its return path had no tag
     receive(store, VERP_ALICE, sample("postfix.eml"))  # its bounce cannot be told from a forged one

@@ -186,3 +186,52 @@ async def test_a_delivery_dropped_while_being_claimed_is_not_sent(tmp_path, sink
         assert all(sent < at for sent in sent_at), "sent after it was dropped"
     else:
         assert sent_at, "the drop was refused: the claim had it, and it was sent"
+
+
+async def test_a_store_error_reading_a_body_again_leaves_no_claim_stranded(tmp_path, sink, store_url, caplog):
+    """A post's body is released while a claim of more of its deliveries runs (its first copy was sent
+    meanwhile), so the claim reads it again; the store fails that read. The claimed delivery goes back to
+    the queue: a node renewing its leases never lets it expire, so it would stay 'sending' for good."""
+    folder = config(tmp_path, sink.port, [], delivery="    run_interval: 0.2s")
+    store = reconcile_folder(folder, store_url)
+    spool(store, ["a@example.net", "b@example.net"])
+    with store.engine.begin() as conn:  # b falls due during the second claim, after a's copy was sent
+        conn.execute(deliveries.update().where(deliveries.c.recipient == "b@example.net")
+                     .values(next_attempt_at=store.now() + 3600))
+    snapshot = load_snapshot(store)
+    scheduler = Scheduler(store, lambda: snapshot, lease=0.6, node="n1")
+    claims = {"n": 0}
+
+    def second_claim_after_the_release() -> bool:
+        claims["n"] += 1
+        if claims["n"] != 2:
+            return False
+        with store.engine.begin() as conn:
+            conn.execute(deliveries.update().where(deliveries.c.recipient == "b@example.net")
+                         .values(next_attempt_at=0))
+        deadline = time.monotonic() + 5
+        while scheduler._bodies and time.monotonic() < deadline:  # a's copy sent: the body is released
+            time.sleep(0.01)
+        return True
+
+    read = {"failed": 0}
+
+    def the_read_again_fails() -> bool:
+        if claims["n"] < 2 or read["failed"]:
+            return False
+        read["failed"] += 1
+        raise sqlite3.OperationalError("database is locked")
+
+    with failing("ORDER BY deliveries.next_attempt_at", times=1, act=second_claim_after_the_release), \
+            failing("SELECT messages.id, messages.data", act=the_read_again_fails), \
+            caplog.at_level(logging.ERROR, logger="listkeeper.delivery"):
+        tasks = [asyncio.create_task(scheduler.run()), asyncio.create_task(scheduler.keep_leases())]
+        await wait_for(lambda: claims["n"] >= 2 and read["failed"] == 1)
+    try:
+        await wait_for(lambda: states(store_url)["b@example.net"] != "sending", timeout=3)
+        assert states(store_url) == {"a@example.net": "delivered", "b@example.net": "deferred"}
+    finally:
+        await scheduler.drain(tasks[0], 2)
+        tasks[1].cancel()
+        await asyncio.gather(tasks[1], return_exceptions=True)
+        store.close()

@@ -37,6 +37,7 @@ class NotYet:
     """Copies that could not be made for a passing reason (the store): those deliveries are retried."""
 
     reason: str
+    what: str = "the template mail was not rendered"
 
 
 class Makers:

@@ -201,7 +201,7 @@ class Scheduler:
             for due in claimed:
                 copy = self._copies.get(due.delivery_id)
                 if isinstance(copy, (str, NotYet)):
-                    self._record(due, Result(Event.temporary, f"the template mail was not rendered: {copy.reason}")
+                    self._record(due, Result(Event.temporary, f"{copy.what}: {copy.reason}")
                                  if isinstance(copy, NotYet) else
                                  Result(Event.permanent, f"the template mail could not be rendered: {copy}"),
                                  "template", snapshot)
@@ -248,9 +248,15 @@ class Scheduler:
             self._refs[d.message_id] = self._refs.get(d.message_id, 0) + 1
         gone = {d.message_id for d in due} - set(self._bodies)  # released while we were claiming
         if gone:
-            bodies, personal = await asyncio.to_thread(self._makers.fetch, gone)
-            self._bodies.update(bodies)
-            self._personal.update(personal)
+            try:
+                bodies, personal = await asyncio.to_thread(self._makers.fetch, gone)
+            except Exception as exc:  # noqa: BLE001 - claimed: recorded as retried, never left 'sending'
+                log.exception("reading %d claimed message(s) again failed; their deliveries are retried", len(gone))
+                later = NotYet(f"{type(exc).__name__}: {exc}", "the message could not be read")
+                self._copies.update({d.delivery_id: later for d in due if d.message_id in gone})
+            else:
+                self._bodies.update(bodies)
+                self._personal.update(personal)
         templated = {mid for mid in {d.message_id for d in due} if getattr(self._personal.get(mid), "batch", False)}
         batches: dict[int, list[tuple[int, str]]] = {}
         for d in due if templated else ():

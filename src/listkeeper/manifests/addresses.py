@@ -50,7 +50,9 @@ def unverp(token: str) -> str | None:
 
 
 def verp_signed_by(key: bytes, bounce_address: str, recipient: str, tag: str | None) -> bool:
-    return tag is not None and hmac.compare_digest(tag.lower(), verp_tag(key, bounce_address, recipient))
+    """In constant time; compared as UTF-8 bytes: an SMTPUTF8 address may carry any letters in its tag."""
+    return tag is not None and hmac.compare_digest(tag.lower().encode(),
+                                                   verp_tag(key, bounce_address, recipient).encode())
 
 
 def split_verp(address: str, bounce_address: str) -> tuple[str, str | None] | None:
