@@ -117,8 +117,8 @@ def test_queue_wait_exit_codes_and_clean_json_beside_a_forced_bar(url):
     late = run(url, "queue", "wait", "1", "--timeout", "0.3", "--interval", "0.05", "--output", "json", "--progress")
     assert late.returncode == 2
     doc = json.loads(late.stdout)  # the bar went to stderr: stdout is JSON alone
-    assert doc == {"post": 1, "held": [], "by_state": {"deferred": 1, "delivered": 1}, "total": 2, "over": False,
-                   "timed_out": True, "failed": []}
+    assert doc == {"post": 1, "held": [], "moderation": {}, "by_state": {"deferred": 1, "delivered": 1}, "total": 2,
+                   "over": False, "timed_out": True, "failed": []}
     assert "post 1" in late.stderr and "deliveries" in late.stderr
     text = run(url, "queue", "wait", "--timeout", "0")
     assert text.returncode == 2 and text.stdout.strip() == (
@@ -166,11 +166,36 @@ def test_queue_wait_says_the_newest_post_is_held_for_moderation(url):
     assert text.stdout.strip() == (f"post {held}: held for moderation by members; nothing to wait for until a "
                                    "moderator approves it (listkeeper moderation list members).")
     doc = json.loads(run(url, "queue", "wait", "--output", "json").stdout)
-    assert doc == {"post": held, "held": ["members"], "by_state": {}, "total": 0, "over": False,
-                   "timed_out": False, "failed": []}
+    assert doc == {"post": held, "held": ["members"], "moderation": {"members": "held"}, "by_state": {}, "total": 0,
+                   "over": False, "timed_out": False, "failed": []}
     for named in (held, inbound):  # named by its id or the SMTP queue id: the same answer
         again = run(url, "queue", "wait", str(named), "--timeout", "30")
         assert again.returncode == 3 and "held for moderation by members" in again.stdout
+
+
+@pytest.mark.parametrize("decision, said", [
+    ("rejected", "rejected by the moderators of members"), ("discarded", "discarded by the moderators of members"),
+    ("expired", "held for moderation by members and expired undecided")])
+def test_queue_wait_says_a_post_moderation_stopped_will_not_be_delivered(url, decision, said):
+    inbound, held = spool_held_post(url)
+    settle(url, {"mod@example.org": ("delivered", None)})
+    store = Store.open(url)
+    with store.engine.begin() as conn:  # as moderation.decide / expire leave it: the copy's state, the
+        conn.exec_driver_sql("UPDATE messages SET state = ? WHERE id = ?", (decision, held))
+        if decision != "discarded":  # ... and a notice to the sender, whose parent is the copy
+            queue.insert_posts(conn, [(held, 1, queue.PostRecord(
+                "members", "queued", "moderation: notice to the sender", b"Subject: no\r\n\r\nx",
+                "members-bounces@example.org", ("x@example.net",)))], 1004.0)
+    store.close()
+    settle(url, {"x@example.net": ("delivered", None)})
+    for named in (None, held, inbound):  # the newest post is the stopped copy, not the notice about it
+        started = time.monotonic()
+        text = run(url, "queue", "wait", *([str(named)] if named else []), "--timeout", "30")
+        assert time.monotonic() - started < 15
+        assert text.returncode == 3, text.stdout + text.stderr
+        assert text.stdout.strip() == f"post {held if named is None else named}: {said}; it will not be delivered."
+    doc = json.loads(run(url, "queue", "wait", "--output", "json").stdout)
+    assert doc["held"] == [] and doc["moderation"] == {"members": decision} and doc["total"] == 0
 
 
 def test_queue_wait_on_a_cross_post_held_by_one_list_waits_for_the_other(url):

@@ -79,8 +79,9 @@ def queue_retry(store_url, which, post_id) -> None:
 @click.pass_obj
 def queue_wait(store_url, post_id, timeout, interval, output, show_progress) -> None:
     """Wait until every delivery of a post (default: the newest) is delivered or failed. Exit 0 when all
-    were delivered, 1 when some failed, 2 when the timeout came first, 3 when the post is held for
-    moderation (it has no deliveries until a moderator approves it: nothing to wait for)."""
+    were delivered, 1 when some failed, 2 when the timeout came first, 3 when moderation holds the post
+    (no deliveries until a moderator approves it) or stopped it (rejected, discarded, expired): nothing
+    to wait for."""
     import json
     from listkeeper.delivery.progress import follow
     from listkeeper.store import tracking
@@ -92,9 +93,10 @@ def queue_wait(store_url, post_id, timeout, interval, output, show_progress) -> 
                     raise click.ClickException("no post has been queued for delivery yet")
             elif not tracking.exists(conn, post_id):
                 raise click.ClickException(f"no post {post_id}")
-            held = tracking.held_lists(conn, post_id)
-            if held and tracking.delivering_lists(conn, post_id) <= set(held):  # at most the moderators' notice
-                _say_held(post_id, held, output)
+            moderated = tracking.moderated(conn, post_id)
+            held = [name for name, state in moderated.items() if state == "held"]
+            if moderated and tracking.delivering_lists(conn, post_id) <= set(moderated):  # notices at most
+                _say_moderated(post_id, moderated, output)
                 sys.exit(3)
         bar = terminal.progress(terminal.wants_progress(show_progress), unit="deliveries")
         with bar:
@@ -104,7 +106,8 @@ def queue_wait(store_url, post_id, timeout, interval, output, show_progress) -> 
         with store.engine.connect() as conn:
             failed = tracking.failures(conn, post_id, 20)
     if output == "json":
-        click.echo(json.dumps({"post": post_id, "held": held, "by_state": dict(sorted(found.by_state.items())),
+        click.echo(json.dumps({"post": post_id, "held": held, "moderation": moderated,
+                               "by_state": dict(sorted(found.by_state.items())),
                                "total": found.total, "over": found.over, "timed_out": found.timed_out,
                                "failed": [{"recipient": r, "error": e} for r, e in failed]}, indent=2))
     else:
@@ -117,20 +120,31 @@ def queue_wait(store_url, post_id, timeout, interval, output, show_progress) -> 
         more = found.by_state.get("failed", 0) - len(failed)
         if more > 0:
             click.echo(f"  … and {more} more failed (listkeeper queue retry --post {post_id} sends them again)")
-        for name in held:
-            click.echo(f"  held for moderation by {name} (listkeeper moderation list {name})")
+        for name, state in moderated.items():
+            click.echo(f"  {_STOPPED[state].format(name=name)}"
+                       + (f" (listkeeper moderation list {name})" if state == "held" else ""))
     sys.exit(found.exit_code)
 
 
-def _say_held(post_id: int, lists: list[str], output: str) -> None:
+_STOPPED = {"held": "held for moderation by {name}", "rejected": "rejected by the moderators of {name}",
+            "discarded": "discarded by the moderators of {name}",
+            "expired": "held for moderation by {name} and expired undecided"}
+
+
+def _say_moderated(post_id: int, moderated: dict[str, str], output: str) -> None:
+    """Moderation holds or stopped every copy of the post: nothing to wait for."""
     import json
+    held = [name for name, state in moderated.items() if state == "held"]
     if output == "json":
-        click.echo(json.dumps({"post": post_id, "held": lists, "by_state": {}, "total": 0, "over": False,
-                               "timed_out": False, "failed": []}, indent=2))
+        click.echo(json.dumps({"post": post_id, "held": held, "moderation": moderated, "by_state": {}, "total": 0,
+                               "over": False, "timed_out": False, "failed": []}, indent=2))
         return
-    names = ", ".join(lists)
-    click.echo(f"post {post_id}: held for moderation by {names}; nothing to wait for until a moderator approves "
-               f"it (listkeeper moderation list{' ' + lists[0] if len(lists) == 1 else ''}).")
+    said = "; ".join(_STOPPED[state].format(name=name) for name, state in moderated.items())
+    if held:
+        click.echo(f"post {post_id}: {said}; nothing to wait for until a moderator approves it (listkeeper "
+                   f"moderation list{' ' + held[0] if len(held) == 1 else ''}).")
+    else:
+        click.echo(f"post {post_id}: {said}; it will not be delivered.")
 
 
 @queue.command("drop")
