@@ -29,6 +29,7 @@ from listkeeper.manifests.lists import Bounces
 from listkeeper.reconcile import reconcile
 from listkeeper.store import Store, subscribers
 from listkeeper.store import queue as store_queue
+from listkeeper.store import bounces as store_bounces
 from listkeeper.store.bounces import Standing
 from listkeeper.store.queue import Outcome, PostRecord
 from listkeeper.store.tables import bounces, deliveries, messages, subscription_changes
@@ -256,6 +257,10 @@ def test_forged_bounces_are_recorded_not_counted(store, clock):
         ("bob@example.net", HARD, 0), ("kim@example.net", HARD, 0), ("sam@example.net", HARD, 0)]
     for address in ("alice@example.net", "bob@example.net", "kim@example.net", "sam@example.net"):
         assert (member(store, address).state, member(store, address).bounce_score) == ("active", 0)
+    with store.engine.connect() as conn:  # the list's table counts no unattributed bounce
+        assert [(e.address, e.hard, e.soft) for e in store_bounces.entries(conn, "members", everyone=True)
+                if e.address in ("alice@example.net", "kim@example.net")] == [("alice@example.net", 0, 0),
+                                                                               ("kim@example.net", 0, 0)]
     alice = history(store, "alice@example.net")
     assert alice[0].endswith("not counted: unattributed: verp token not signed by this server (no tag)")
     assert alice[-1].endswith("not counted: unattributed: verp token not signed by this server")

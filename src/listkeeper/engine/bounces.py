@@ -168,7 +168,7 @@ def unattributed(conn: Connection, lst: ListConfig, post: BouncePost, item: Attr
                 item.address, post.to, why)
     if subscribers.get(conn, lst.name, item.address) is not None:
         store_bounces.record(conn, lst.name, item.address, item.kind, False, post.id,
-                             f"{item.detail}; not counted: unattributed: {why}", post.at)
+                             f"{item.detail}; {store_bounces.UNATTRIBUTED}{why}", post.at)
 
 
 def count(conn: Connection, snapshot: Snapshot, lst: ListConfig, post: BouncePost, item: Attributed,

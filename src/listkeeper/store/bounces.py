@@ -13,6 +13,7 @@ from sqlalchemy.orm import aliased
 from .tables import PLAIN_RETURN_PATH, bounces, deliveries, messages, subscribers
 
 PENDING = "bounce"  # messages.state of a bounce post not read yet
+UNATTRIBUTED = "not counted: unattributed: "  # in a bounce's detail: not shown to answer our mail (forged?)
 DONE = "bounce-done"  # read: its failures are recorded (or it held none)
 UNREADABLE = "bounce-error"  # reading it failed; kept, and logged, for a person to look at
 
@@ -106,10 +107,13 @@ def forget_stale(conn: Connection, list_name: str, before: float) -> int:
 
 
 def entries(conn: Connection, list_name: str, everyone: bool = False) -> list[Entry]:
-    """Subscribers with a bounce record (or, with everyone, all), with their hard and soft counts."""
+    """Subscribers with a bounce record (or, with everyone, all), with their hard and soft counts: of the
+    bounces shown to answer our mail (an unattributed one, maybe forged, is in the history only)."""
     counts = (select(bounces.c.address, func.sum(case((bounces.c.kind == "hard", 1), else_=0)).label("hard"),
                      func.count().label("total"))
-              .where(bounces.c.list_name == list_name).group_by(bounces.c.address).subquery())
+              .where(bounces.c.list_name == list_name,
+                     (bounces.c.counted == 1) | ~func.coalesce(bounces.c.detail, "").contains(UNATTRIBUTED))
+              .group_by(bounces.c.address).subquery())
     query = (select(subscribers.c.address, subscribers.c.state, subscribers.c.bounce_score,
                     subscribers.c.bounce_last_at, func.coalesce(counts.c.hard, 0), func.coalesce(counts.c.total, 0))
              .select_from(subscribers.outerjoin(counts, counts.c.address == subscribers.c.address))
