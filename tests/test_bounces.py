@@ -363,7 +363,7 @@ async def engine(conf, store_url, clock):
                                                   "  digest: {schedule: never}\n"))
     opened = Store.open(store_url, clock=clock)
     reconcile(load_manifests([conf]), opened)
-    started = await start_engine(opened, ServeOptions(port=0, housekeeping_interval=0.1))
+    started = await start_engine(opened, ServeOptions(port=0, http_port=0, housekeeping_interval=0.1))
     yield started
     await started.stop()
     opened.close()
