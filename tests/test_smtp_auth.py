@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import trustme
 
+from listkeeper.engine.login_limit import FailureLimit, LoginLimiter, client_network
 from listkeeper.engine.submission import NEEDS_TLS, NOT_OFFERED, auth_refusal, is_loopback
 from listkeeper.manifests.passwords import PasswordProblem, check, hash_password, parse
 
@@ -189,6 +190,63 @@ def test_hashes_that_cannot_be_used_are_refused_not_taken_for_passwords(stored, 
 ])
 def test_when_auth_is_offered(accounts, tls, peer, mode, expected):
     assert auth_refusal(accounts, tls, peer, mode) == expected
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("10/10m", FailureLimit(10, 600)), ("3/60s", FailureLimit(3, 60)), ("3/60", FailureLimit(3, 60)),
+    ("5/1.5h", FailureLimit(5, 5400)), ("0", FailureLimit(0, 0)), ("0/10m", FailureLimit(0, 600)),
+])
+def test_failure_limits_parse(text, expected):
+    assert FailureLimit.parse(text) == expected
+
+
+@pytest.mark.parametrize("text", ["10", "ten/10m", "10/10x", "10/0s", "-1/10m", ""])
+def test_failure_limits_that_do_not_parse(text):
+    with pytest.raises(ValueError, match="10/10m"):
+        FailureLimit.parse(text)
+
+
+@pytest.mark.parametrize("peer, network", [
+    ("192.0.2.7", "192.0.2.7"), ("::ffff:192.0.2.7", "192.0.2.7"),
+    ("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64"), ("2001:db8:1:2::ff", "2001:db8:1:2::/64"),
+    ("fe80::1%eth0", "fe80::/64"), ("not-an-ip", "not-an-ip"),
+])
+def test_failures_are_counted_per_address_and_ipv6_per_64(peer, network):
+    assert client_network(peer) == network
+
+
+def test_the_limiter_blocks_at_the_limit_until_the_window_slides():
+    limiter = LoginLimiter(FailureLimit(3, 60))
+    assert [limiter.failed("192.0.2.7", t) for t in (0, 10, 20)] == [False, False, True]  # True: becomes blocked
+    assert limiter.blocked("192.0.2.7", 20) and limiter.blocked("192.0.2.7", 59.9)
+    assert limiter.blocked_until("192.0.2.7", 30) == 60
+    assert not limiter.blocked("192.0.2.8", 30)  # others are not
+    assert not limiter.blocked("192.0.2.7", 60)  # the first failure left the window: one more guess
+    assert limiter.failed("192.0.2.7", 61) and limiter.blocked_until("192.0.2.7", 61) == 70
+    assert not limiter.blocked("192.0.2.7", 81) and len(limiter) == 1
+
+
+def test_the_limiter_remembers_a_bounded_number_of_networks_dropping_the_stalest():
+    """An attacker with many addresses cannot grow it without bound."""
+    limiter = LoginLimiter(FailureLimit(2, 600), max_entries=100)
+    limiter.failed("10.0.0.1", 0)
+    limiter.failed("10.0.0.2", 1)
+    limiter.failed("10.0.0.2", 2)
+    limiter.failed("10.0.0.1", 3)  # blocked, and now the most recently failed
+    for i in range(1000):
+        limiter.failed(f"10.1.{i // 256}.{i % 256}", 10 + i / 1000)
+    assert len(limiter) == 100
+    assert not limiter.blocked("10.0.0.2", 20)  # evicted: the stalest
+    assert limiter.blocked("10.0.0.1", 20) is False  # evicted too, once 99 newer networks came
+    assert limiter.blocked("10.1.3.231", 20) is False and len(limiter) == 100
+    limiter.failed("10.1.3.231", 20)
+    assert limiter.blocked("10.1.3.231", 20)
+
+
+def test_a_zero_limit_counts_nothing():
+    limiter = LoginLimiter(FailureLimit.parse("0"))
+    assert not any(limiter.failed("192.0.2.7", t) for t in range(50))
+    assert not limiter.blocked("192.0.2.7", 50) and len(limiter) == 0
 
 
 def test_loopback_addresses():
@@ -383,6 +441,73 @@ async def test_a_password_secret_that_cannot_be_read_is_a_temporary_failure(tmp_
     *broken, fixed = await asyncio.to_thread(attempts)
     assert broken == [(454, b"4.7.0 Temporary authentication failure")] * 3
     assert fixed == (235, b"2.7.0 Authentication successful")
+
+
+async def test_failed_logins_across_connections_block_auth_until_the_window_slides(tmp_path, engine_for,
+                                                                                     monkeypatch, caplog):
+    """3 failures in 60 seconds from 127.0.0.1, over three connections: the next AUTH gets 454 even with the
+    right password (which is not checked, so a right guess is not confirmed), until the window slides. A
+    success in between does not wipe the failures before it."""
+    caplog.set_level(logging.INFO, logger="listkeeper.smtp")
+    monkeypatch.setenv("LK_TEST_PW", PASSWORD)
+    engine = await engine_for(make_conf(tmp_path, account("alice", "alice@example.org", "{env: LK_TEST_PW}")),
+                              auth_failure_limit=FailureLimit.parse("3/60s"))
+    start = engine.store.now()
+    engine.store.clock = lambda: start
+
+    def connection(*attempts: tuple[str, str, str]) -> list:
+        with client(engine.port) as smtp:
+            return [auth(smtp, *attempt) for attempt in attempts] + [smtp.noop()[0]]
+
+    def attempts() -> list:
+        return [connection(("PLAIN", "alice@example.org", "guess-one"), ("LOGIN", "bob@example.org", "guess-two")),
+                connection(("PLAIN", "alice@example.org", PASSWORD)),
+                connection(("LOGIN", "alice@example.org", "guess-three"), ("PLAIN", "alice@example.org", PASSWORD),
+                           ("LOGIN", "alice@example.org", PASSWORD)),
+                connection(("PLAIN", "alice@example.org", PASSWORD))]
+
+    blocked = (454, b"4.7.0 Too many failed logins, try again later")
+    invalid = (535, b"5.7.8 Authentication credentials invalid")
+    first, second, third, fourth = await asyncio.to_thread(attempts)
+    assert first == [invalid, invalid, 250]
+    assert second == [(235, b"2.7.0 Authentication successful"), 250]
+    assert third == [invalid, blocked, blocked, 250]  # the connection stays open: mail to the lists goes on
+    assert fourth == [blocked, 250]
+    shown = [r.getMessage() for r in caplog.records if getattr(r, "event", "") == "auth.blocked"]
+    assert shown == [f"auth.blocked remote_ip=127.0.0.1 network=127.0.0.1 limit=3/60s "
+                     f"until={round(start + 60, 3)}"]
+    assert engine.metrics.registry.get_sample_value("listkeeper_auth_blocked_total") == 1
+    assert len([r for r in caplog.records if getattr(r, "event", "") == "smtp.auth"]) == 4  # 3 failed, 1 ok
+
+    engine.store.clock = lambda: start + 60.5
+    after = await asyncio.to_thread(connection, ("PLAIN", "alice@example.org", PASSWORD))
+    assert after == [(235, b"2.7.0 Authentication successful"), 250]
+
+
+async def test_auth_failure_limit_zero_blocks_nobody(tmp_path, engine_for, monkeypatch):
+    monkeypatch.setenv("LK_TEST_PW", PASSWORD)
+    engine = await engine_for(make_conf(tmp_path, account("alice", "alice@example.org", "{env: LK_TEST_PW}")),
+                              auth_failure_limit=FailureLimit.parse("0"))
+
+    def attempts() -> list:
+        for _ in range(2):
+            with client(engine.port) as smtp:
+                [auth(smtp, "PLAIN", "alice@example.org", "guess") for _ in range(2)]
+        with client(engine.port) as smtp:
+            return auth(smtp, "PLAIN", "alice@example.org", PASSWORD)
+
+    assert await asyncio.to_thread(attempts) == (235, b"2.7.0 Authentication successful")
+
+
+def test_serve_refuses_an_auth_failure_limit_it_cannot_read(tmp_path):
+    from click.testing import CliRunner
+
+    from listkeeper.cli import main
+    result = CliRunner().invoke(main, ["serve", "--auth-failure-limit", "ten", "--store",
+                                       f"sqlite:///{tmp_path}/s.db"])
+    assert result.exit_code == 2
+    assert "'ten' is not a limit such as 10/10m, 3/60s or 0 (off)" in result.output
+    assert not (tmp_path / "s.db").exists()
 
 
 @pytest.fixture

@@ -160,9 +160,13 @@ def reconcile(paths, store_url, dry_run, prune, detailed_exitcode, output, revis
               type=click.Choice(["never", "loopback", "always"]),
               help="SMTP AUTH (SmtpAccounts) without TLS: never, for clients on this host, or always. "
                    "After STARTTLS it is always offered.")
+@click.option("--auth-failure-limit", default="10/10m", show_default=True, metavar="N/DURATION",
+              callback=lambda ctx, param, value: _failure_limit(value),
+              help="Failed SMTP AUTH logins a client address (IPv6: its /64) may make within DURATION, over "
+                   "all its connections; past it, AUTH gets 454 unchecked until the window slides. 0: no limit.")
 def serve(paths, store_url, host, port, prune, log_level, log_format, use_uvloop, tick_interval, http_host,
           http_port, no_http, base_url, no_watch, node, lease, stop_timeout, tls_cert, tls_key,
-          plaintext_auth) -> None:
+          plaintext_auth, auth_failure_limit) -> None:
     """Reconcile, then accept SMTP, deliver and serve one-click unsubscribe. Changes to PATHS (or
     SIGHUP) are validated and reconciled while running; an invalid change is refused, with its errors."""
     from listkeeper.engine.reload import ReloadOptions, node_name
@@ -217,6 +221,7 @@ def serve(paths, store_url, host, port, prune, log_level, log_format, use_uvloop
                            http_port=None if no_http else http_port, base_url=base_url, node=node, lease=lease,
                            stop_timeout=stop_timeout,
                            tls_cert=tls_cert, tls_key=tls_key, plaintext_auth=plaintext_auth,
+                           auth_failure_limit=auth_failure_limit,
                            reload=ReloadOptions(tuple(paths or DEFAULT_PATHS), watch=not no_watch, prune=prune))
     run = asyncio.run
     if use_uvloop:
@@ -261,6 +266,14 @@ def hash_password() -> None:
 def _origin(who: str, trigger: str, paths: tuple[str, ...]):
     from listkeeper.store.config_history import Origin
     return Origin(who, trigger, tuple(paths or DEFAULT_PATHS))
+
+
+def _failure_limit(value: str):
+    from listkeeper.engine.login_limit import FailureLimit
+    try:
+        return FailureLimit.parse(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def _base_url(value: str | None) -> str | None:

@@ -92,6 +92,8 @@ class Metrics:
         self.smtp_active = Gauge("listkeeper_smtp_sessions_active", "SMTP sessions open now", registry=registry)
         self.smtp_replies = Counter("listkeeper_smtp_replies", "SMTP replies sent, by code", ["code"],
                                     registry=registry)
+        self.auth_blocked = Counter("listkeeper_auth_blocked", "Client networks blocked from SMTP AUTH for "
+                                    "too many failed logins (each time the limit is reached)", registry=registry)
         self.posts = Counter("listkeeper_posts", "Posts to a list, by the posting rules' verdict",
                              ["list", "verdict"], registry=registry)
         self.deliveries = Counter("listkeeper_deliveries", "Delivery attempts, by outcome and destination",

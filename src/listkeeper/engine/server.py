@@ -27,6 +27,7 @@ from .events import tick as run_tick
 from .health import problems
 from .housekeeping import run_round
 from .leadership import Leadership
+from .login_limit import FailureLimit, LoginLimiter
 from .fanout import Refused, fan_out
 from .membership import look_up_in
 from .metrics import CONTENT_TYPE, Metrics
@@ -57,6 +58,7 @@ class ServeOptions:
     tls_cert: str | None = None  # PEM certificate chain: the listener offers STARTTLS
     tls_key: str | None = None  # its private key (PEM); default: in tls_cert
     plaintext_auth: str = "loopback"  # SMTP AUTH without TLS: never | loopback (clients on this host) | always
+    auth_failure_limit: FailureLimit = FailureLimit(10, 600.0)  # failed logins per client network and window
     lease: float = 60.0  # seconds a claimed delivery stays this node's without renewal (a dead node's work
     # passes to the other nodes after this)
     stop_timeout: float = 10.0  # at stop, sends in flight get this long to finish; the rest is given back
@@ -98,7 +100,8 @@ class Engine:
         self.spool = Spool(self.store, on_commit=self.scheduler.wake)
         self.scheduler.metrics = self.metrics
         handler = SubmissionHandler(self.current, self.spool, self.store.now, self.store,
-                                    plaintext_auth=self.options.plaintext_auth, metrics=self.metrics)
+                                    plaintext_auth=self.options.plaintext_auth, metrics=self.metrics,
+                                    limiter=LoginLimiter(self.options.auth_failure_limit))
 
         def protocol() -> SMTP:  # the hostname is given, so aiosmtpd never calls getfqdn per connection
             return ListSMTP(handler, hostname=self.snapshot.hostname(), ident="listkeeper", decode_data=False,

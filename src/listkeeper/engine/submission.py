@@ -3,7 +3,8 @@
 AUTH PLAIN and LOGIN are offered once the snapshot has SmtpAccounts and the password cannot be read on
 the wire: after STARTTLS, or when the client connects from loopback (`plaintext_auth`: never | loopback
 | always). A login that fails answers 535 and emits `auth.login_failed`; the third in one session is
-answered with 421 and the connection is closed. A logged-in session may only use the envelope senders
+answered with 421 and the connection is closed. Across connections, a client network past its limit of
+failures (engine/login_limit.py) gets 454 to AUTH, its password unchecked. A logged-in session may only use the envelope senders
 its account lists (553 5.7.1 otherwise). Passwords are checked in a thread (hashes take milliseconds)
 and in constant time; neither they nor the hashes are ever logged."""
 
@@ -24,6 +25,7 @@ from listkeeper.logs import note
 from listkeeper.manifests.accounts import SmtpAccountSpec
 from listkeeper.manifests.passwords import UNKNOWN_USER, PasswordProblem, check, is_hashed, load_password
 
+from .login_limit import LoginLimiter, client_network
 from .smtp import ListHandler
 
 log = logging.getLogger("listkeeper.smtp")
@@ -37,6 +39,7 @@ INVALID = "535 5.7.8 Authentication credentials invalid"
 IN_TRANSACTION = "503 5.5.1 AUTH is not permitted during a mail transaction"  # RFC 4954 4
 UNAVAILABLE = "454 4.7.0 Temporary authentication failure"
 TOO_MANY = "421 4.7.0 Too many failed authentication attempts; closing the connection"
+BLOCKED = "454 4.7.0 Too many failed logins, try again later"  # temporary, as Postfix's anvil (450 4.7.1)
 
 
 @dataclass(frozen=True)
@@ -103,11 +106,15 @@ def _decoy(password: bytes) -> None:
 class SubmissionHandler(ListHandler):
     """The list handler with SMTP AUTH: aiosmtpd takes our auth_PLAIN and auth_LOGIN over its own."""
 
-    def __init__(self, *args, plaintext_auth: str = "loopback", **kwargs):
+    def __init__(self, *args, plaintext_auth: str = "loopback", limiter: LoginLimiter | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         if plaintext_auth not in PLAINTEXT_AUTH:
             raise ValueError(f"plaintext_auth must be one of {', '.join(PLAINTEXT_AUTH)}")
         self._plaintext_auth = plaintext_auth
+        self._limiter = limiter if limiter is not None and limiter.limit.enabled else None
+
+    def _blocked(self, session: Session) -> bool:
+        return self._limiter is not None and self._limiter.blocked(client_network(peer_ip(session)), self._clock())
 
     def _refusal(self, session: Session) -> str | None:
         return auth_refusal(bool(self._snapshot(session).accounts), session.ssl is not None, peer_ip(session),
@@ -156,6 +163,8 @@ class SubmissionHandler(ListHandler):
         reply = self._refusal(server.session)
         if reply is None and server.envelope is not None and server.envelope.mail_from is not None:
             reply = IN_TRANSACTION  # the sender was taken unchecked; RSET first
+        if reply is None and self._blocked(server.session):  # before the credentials are even read
+            reply = BLOCKED
         if reply is not None:
             await server.push(reply)
         return reply is not None
@@ -169,6 +178,9 @@ class SubmissionHandler(ListHandler):
         if verdict is None:  # RFC 4954 454: the client keeps its password and tries later; no failure counted
             await server.push(UNAVAILABLE)
             return AuthResult(success=False, handled=True)
+        if self._blocked(session):  # by other connections' failures during this check: the verdict stays unsaid
+            await server.push(BLOCKED)
+            return AuthResult(success=False, handled=True)
         if verdict:
             session.authenticated = True
             session.auth_data = Login(username, account, mechanism)
@@ -180,12 +192,23 @@ class SubmissionHandler(ListHandler):
         note(log, "smtp.auth", level=logging.WARNING, outcome="failed", peer=peer_ip(session), mechanism=mechanism,
              failures=failures, username=username)  # the client's text last: what it holds comes after our fields
         notify.emit("auth.login_failed", address=username, remote_ip=peer_ip(session), mechanism=mechanism)
+        self._count_failure(peer_ip(session))
         if failures >= MAX_FAILURES:
             await server.push(TOO_MANY)
             server.transport.close()
         else:
             await server.push(INVALID)
         return AuthResult(success=False, handled=True)
+
+    def _count_failure(self, peer: str) -> None:
+        if self._limiter is None:
+            return
+        network, now = client_network(peer), self._clock()
+        if self._limiter.failed(network, now):
+            note(log, "auth.blocked", level=logging.WARNING, remote_ip=peer, network=network,
+                 limit=str(self._limiter.limit), until=round(self._limiter.blocked_until(network, now), 3))
+            if self.metrics is not None:
+                self.metrics.auth_blocked.inc()
 
 
 async def _response(server: SMTP, args: list[str], challenge: str = "") -> bytes | None:
@@ -201,3 +224,4 @@ async def _response(server: SMTP, args: list[str], challenge: str = "") -> bytes
             return None
     blob = await server.challenge_auth(challenge)
     return None if blob is MISSING else blob
+

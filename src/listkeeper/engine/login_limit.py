@@ -1,0 +1,102 @@
+"""Failed SMTP logins counted per client network across connections (as Postfix's anvil and Dovecot's
+auth penalty do): past the limit within a sliding window, AUTH from that network is refused unchecked.
+
+Sans-I/O: the caller gives the time. Kept in this process's memory only (each node counts on its own),
+and bounded: at most `max_entries` networks are remembered, the one whose last failure is oldest going
+first."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+
+_LIMIT = re.compile(r"^\s*(\d+)\s*(?:/\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*)?$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+MAX_ENTRIES = 10_000  # networks remembered; at most `failures` timestamps each
+
+
+@dataclass(frozen=True)
+class FailureLimit:
+    """`failures` failed logins within `window` seconds; failures == 0 disables the limit."""
+
+    failures: int
+    window: float
+
+    @classmethod
+    def parse(cls, text: str) -> "FailureLimit":
+        """'10/10m', '3/60s', '5/1h', '0' (off)."""
+        match = _LIMIT.match(text)
+        if not match or (match.group(2) is None and match.group(1) != "0"):
+            raise ValueError(f"{text!r} is not a limit such as 10/10m, 3/60s or 0 (off)")
+        failures = int(match.group(1))
+        window = float(match.group(2) or 0) * _UNITS[match.group(3)]
+        if failures and window <= 0:
+            raise ValueError(f"{text!r}: the window must be longer than 0, as in 10/10m")
+        return cls(failures, window)
+
+    @property
+    def enabled(self) -> bool:
+        return self.failures > 0
+
+    def __str__(self) -> str:
+        return f"{self.failures}/{self.window:g}s" if self.enabled else "0"
+
+
+def client_network(peer: str) -> str:
+    """What failures are counted by: the address for IPv4, its /64 for IPv6 (one host's usual share)."""
+    try:
+        ip = ipaddress.ip_address(peer.partition("%")[0])
+    except ValueError:
+        return peer
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    if isinstance(ip, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+class LoginLimiter:
+    """The times of each network's last `failures` failed logins, newest networks last."""
+
+    def __init__(self, limit: FailureLimit, max_entries: int = MAX_ENTRIES):
+        self.limit = limit
+        self.max_entries = max_entries
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._failures)
+
+    def _recent(self, network: str, now: float) -> int:
+        times = self._failures.get(network)
+        if times is None:
+            return 0
+        while times and times[0] <= now - self.limit.window:
+            times.popleft()
+        if not times:
+            del self._failures[network]
+            return 0
+        return len(times)
+
+    def blocked(self, network: str, now: float) -> bool:
+        return self.limit.enabled and self._recent(network, now) >= self.limit.failures
+
+    def blocked_until(self, network: str, now: float) -> float | None:
+        if not self.blocked(network, now):
+            return None
+        return self._failures[network][0] + self.limit.window
+
+    def failed(self, network: str, now: float) -> bool:
+        """Count one failed login; True when it is the one that blocks the network."""
+        if not self.limit.enabled:
+            return False
+        before = self._recent(network, now)
+        times = self._failures.get(network)
+        if times is None:
+            while len(self._failures) >= self.max_entries:
+                self._failures.popitem(last=False)
+            times = self._failures[network] = deque(maxlen=self.limit.failures)
+        times.append(now)
+        self._failures.move_to_end(network)
+        return before == self.limit.failures - 1
