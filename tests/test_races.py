@@ -167,6 +167,35 @@ def test_a_pending_post_is_taken_once(stores):
     assert taken == ({post_id} if path_wins(ours) else set())
 
 
+def test_the_round_decides_a_digest_is_due_once_it_holds_the_list(stores):
+    """The round read an old post as due by schedule; meanwhile `digest send` sent it and a new post
+    arrived. Without deciding under the lock the round sent the new post as a 'schedule' issue, hours
+    before its scheduled time."""
+    ours, other = stores
+    snapshot = load_snapshot(ours)
+    pending_post(ours)
+    now = 10.0 ** 9  # 01:46 UTC: the old post's 07:00 has come, the new one's has not
+
+    def hand_then_a_post(conn: Connection) -> list:
+        sent = by_hand(conn, snapshot, now)
+        post_id = conn.execute(insert(messages).values(
+            kind="post", state="queued", list_name="members", mail_from="sender@example.net", recipients="[]",
+            generation=1, size=30, data=b"Subject: new\r\n\r\nHello.\r\n", created_at=now)
+        ).inserted_primary_key[0]
+        conn.execute(insert(digest_pending).values(list_name="members", message_id=post_id, size=30, added_at=now))
+        return sent
+
+    with commit_meanwhile(ours, other, "FROM digest_pending", hand_then_a_post) as done:
+        with ours.writing() as conn:
+            ours_sent = by_round(conn, snapshot, now)
+    with ours.engine.connect() as conn:
+        issues = conn.execute(select(digests.c.trigger)).scalars().all()
+        left = conn.execute(select(func.count()).select_from(digest_pending)).scalar()
+    assert left == 1  # the new post waits for its own scheduled time
+    assert issues == ["schedule" if path_wins(ours) else "hand"]
+    assert len(ours_sent) + len(done["result"]) == 1
+
+
 REPORT = """
 apiVersion: listkeeper/v1
 kind: Report
