@@ -9,7 +9,9 @@ path's write (the other wins)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -20,10 +22,11 @@ from listkeeper.engine import moderation
 from listkeeper.engine import digests as digests_engine
 from listkeeper.engine.housekeeping import JOBS, run_round
 from listkeeper.engine.snapshot import load_snapshot
+from listkeeper.notify import reports
 from listkeeper.store import Store
 from listkeeper.store import digests as store_digests
 from listkeeper.store import queue as store_queue
-from listkeeper.store.tables import deliveries, digest_pending, digests, holds, messages
+from listkeeper.store.tables import deliveries, digest_pending, digests, holds, messages, report_runs
 
 from .test_sqlite_locking import commit_meanwhile, stored_post, two_stores
 
@@ -162,3 +165,110 @@ def test_a_pending_post_is_taken_once(stores):
             taken = take(ours)(conn)
     assert sorted([taken, meanwhile["result"]]) == [set(), {post_id}]
     assert taken == ({post_id} if path_wins(ours) else set())
+
+
+def test_the_round_decides_a_digest_is_due_once_it_holds_the_list(stores):
+    """The round read an old post as due by schedule; meanwhile `digest send` sent it and a new post
+    arrived. Without deciding under the lock the round sent the new post as a 'schedule' issue, hours
+    before its scheduled time."""
+    ours, other = stores
+    snapshot = load_snapshot(ours)
+    pending_post(ours)
+    now = 10.0 ** 9  # 01:46 UTC: the old post's 07:00 has come, the new one's has not
+
+    def hand_then_a_post(conn: Connection) -> list:
+        sent = by_hand(conn, snapshot, now)
+        post_id = conn.execute(insert(messages).values(
+            kind="post", state="queued", list_name="members", mail_from="sender@example.net", recipients="[]",
+            generation=1, size=30, data=b"Subject: new\r\n\r\nHello.\r\n", created_at=now)
+        ).inserted_primary_key[0]
+        conn.execute(insert(digest_pending).values(list_name="members", message_id=post_id, size=30, added_at=now))
+        return sent
+
+    with commit_meanwhile(ours, other, "FROM digest_pending", hand_then_a_post) as done:
+        with ours.writing() as conn:
+            ours_sent = by_round(conn, snapshot, now)
+    with ours.engine.connect() as conn:
+        issues = conn.execute(select(digests.c.trigger)).scalars().all()
+        left = conn.execute(select(func.count()).select_from(digest_pending)).scalar()
+    assert left == 1  # the new post waits for its own scheduled time
+    assert issues == ["schedule" if path_wins(ours) else "hand"]
+    assert len(ours_sent) + len(done["result"]) == 1
+
+
+REPORT = """
+apiVersion: listkeeper/v1
+kind: Report
+metadata: {name: refused}
+spec:
+  type: barring
+  schedule: "0 7 * * *"
+  recipients: [ops@example.org]
+"""
+
+
+@pytest.fixture
+def report_stores(tmp_path: Path, db_url: str) -> Iterator[tuple[Store, Store]]:
+    yield from two_stores(tmp_path, db_url, reports=REPORT)
+
+
+def utc(text: str) -> float:
+    return datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp()
+
+
+def report_by_hand(conn: Connection, snapshot, now: float) -> list[str]:
+    """What `listkeeper report run refused` runs in its transaction: [] when it sent nothing."""
+    try:
+        _, post = reports.run_now(conn, snapshot, "refused", now)
+    except reports.AlreadySent:
+        return []
+    store_queue.insert_posts(conn, [(None, snapshot.generation, post)], now)
+    return ["hand"]
+
+
+def report_by_round(conn: Connection, snapshot, now: float) -> list[str]:
+    """What the housekeeping round's report job runs in its transaction (on this node or another)."""
+    posts = list(JOBS["reports.send"](conn, snapshot, now) or ())
+    store_queue.insert_posts(conn, [(None, snapshot.generation, post) for post in posts], now)
+    return ["schedule"] * len(posts)
+
+
+def report_state(store: Store) -> tuple[int, tuple]:
+    with store.engine.connect() as conn:
+        queued = conn.execute(select(func.count()).select_from(messages)
+                              .where(messages.c.reason == "report refused")).scalar()
+        run = tuple(conn.execute(select(report_runs.c.last_run_at, report_runs.c.trigger)).one())
+    return queued, run
+
+
+@pytest.mark.parametrize("path, meanwhile", [(report_by_hand, report_by_round), (report_by_round, report_by_hand),
+                                             (report_by_round, report_by_round), (report_by_hand, report_by_hand)])
+def test_a_report_period_is_sent_once(report_stores, path, meanwhile, caplog):
+    """One run read the report's last run; another sent the period since then before the first recorded
+    its own. Without the claim both queued a report of the same period."""
+    caplog.set_level(logging.INFO, "listkeeper.reports")
+    ours, other = report_stores
+    snapshot = load_snapshot(ours)
+    now = utc("2030-01-02T08:00")  # the 07:00 report since the last run is due
+    with ours.engine.begin() as conn:
+        conn.execute(insert(report_runs).values(name="refused", last_run_at=utc("2030-01-01T07:00"), rows=0,
+                                                trigger="schedule"))
+    with commit_meanwhile(ours, other, "FROM report_runs", lambda conn: meanwhile(conn, snapshot, now)) as done:
+        with ours.writing() as conn:
+            ours_sent = path(conn, snapshot, now)
+    winner, loser = (ours_sent, done["result"]) if path_wins(ours) else (done["result"], ours_sent)
+    assert len(winner) == 1 and loser == []
+    assert report_state(ours) == (1, (now, winner[0]))
+    if not path_wins(ours) and path is report_by_round:  # on SQLite the round just finds it not due
+        assert "refused: the period from 2030-01-01T07:00:00+00:00 was already sent" in caplog.text
+
+
+def test_a_report_first_seen_by_two_rounds_at_once_starts_once(report_stores):
+    """Both rounds read no last run; one inserted the start while the other was about to. Without the
+    claim the second insert failed that round's job (a unique violation on PostgreSQL)."""
+    ours, other = report_stores
+    snapshot = load_snapshot(ours)
+    now = utc("2030-01-02T08:00")
+    with commit_meanwhile(ours, other, "INTO report_runs", lambda conn: report_by_round(conn, snapshot, now)):
+        assert run_round(ours, snapshot, now, {"reports.send": JOBS["reports.send"]}).failed == ()
+    assert report_state(ours) == (0, (now, "start"))

@@ -46,11 +46,14 @@ spec:
 WAIT = 0.5  # how long the path waits for the other commit; with the write lock held, that commit waits instead
 
 
-def two_stores(tmp_path: Path, url: str) -> Iterator[tuple[Store, Store]]:
-    """The store the path runs on, and another one on the same database (another process's connection)."""
+def two_stores(tmp_path: Path, url: str, **manifests: str) -> Iterator[tuple[Store, Store]]:
+    """The store the path runs on, and another one on the same database (another process's connection);
+    `manifests` (file stem -> YAML) join the domain and the list."""
     folder = tmp_path / "conf"
     write(folder, "domain.yaml", DOMAIN)
     write(folder, "lists.yaml", LISTS)
+    for stem, text in manifests.items():
+        write(folder, f"{stem}.yaml", text)
     write(folder, "routes.yaml", pickup_routes(tmp_path / "outbox"))
     ours = reconcile_folder(folder, url)
     other = Store.open(url)

@@ -224,9 +224,12 @@ def _report(store_url, name: str, since: str | None, send: bool):
             with store.engine.connect() as conn:
                 return reports.build(conn, name, spec, start if start is not None else
                                      reports.period_start(conn, name, spec, now), now)
-        with store.writing() as conn:
-            built, post = reports.run_now(conn, snapshot, name, now, start)
-            store_queue.insert_posts(conn, [(None, snapshot.generation, post)], now)
+        try:
+            with store.writing() as conn:
+                built, post = reports.run_now(conn, snapshot, name, now, start)
+                store_queue.insert_posts(conn, [(None, snapshot.generation, post)], now)
+        except reports.AlreadySent as taken:
+            return taken
     return built
 
 
@@ -247,7 +250,11 @@ def report_show(name, since, store_url) -> None:
 @store_option
 def report_run(name, since, store_url) -> None:
     """Send the report now: queued for its recipients, covering the time since its last run (or --since)."""
-    from listkeeper.notify.reports import subject_of
+    from listkeeper.notify.reports import AlreadySent, subject_of
     built = _report(store_url, name, since, send=True)
+    if isinstance(built, AlreadySent):
+        click.echo(f"{name}: nothing queued: a {built.trigger} run recorded meanwhile took the period up to "
+                   f"{_when_utc(built.at)}.")
+        return
     click.echo(f"{name}: {len(built.table.rows)} row(s) queued for {', '.join(built.spec.recipients)}: "
                f"{subject_of(built)}")

@@ -205,6 +205,11 @@ def send(conn: Connection, snapshot: Snapshot, lst: ListConfig, now: float, trig
     """The list's digests to queue now (several when the pending posts exceed max_size), numbered and
     recorded; the posts they carry leave the pending list. Nobody to send to: the posts just leave it."""
     store_digests.lock_sending(conn, lst.name)
+    return _send_locked(conn, snapshot, lst, now, trigger, everything)
+
+
+def _send_locked(conn: Connection, snapshot: Snapshot, lst: ListConfig, now: float, trigger: str,
+                 everything: bool) -> list[tuple[Issue, PostRecord]]:
     recipients = receivers(lst, snapshot, now)
     if not _anyone(recipients, conn):
         dropped = store_digests.clear(conn, lst.name)
@@ -241,8 +246,10 @@ def _by_name(snapshot: Snapshot) -> dict[str, ListConfig]:
 
 
 def send_due(conn: Connection, snapshot: Snapshot, now: float) -> list[PostRecord]:
-    """The housekeeping job: every list's digests that are due. A deleted list's pending posts are kept
-    (its data stays restorable); a list nobody receives as a digest just drops them."""
+    """The housekeeping job: every list's digests that are due, decided once it holds the list's sending
+    lock (a hand send may have taken the due posts meanwhile, leaving only posts not due yet). A deleted
+    list's pending posts are kept (its data stays restorable); a list nobody receives as a digest just
+    drops them."""
     lists = _by_name(snapshot)
     out: list[PostRecord] = []
     for name, pending in sorted(store_digests.pending_by_list(conn).items()):
@@ -252,9 +259,14 @@ def send_due(conn: Connection, snapshot: Snapshot, now: float) -> list[PostRecor
         if not store_digests.has_members(conn, name):
             store_digests.clear(conn, name)
             continue
-        trigger = due(lst.spec.digest, pending, now)
+        if due(lst.spec.digest, pending, now) is None:
+            continue
+        store_digests.lock_sending(conn, name)
+        pending = store_digests.pending_by_list(conn, name).get(name)  # what a sender we waited for left
+        trigger = due(lst.spec.digest, pending, now) if pending is not None else None
         if trigger is not None:
-            out.extend(post for _, post in send(conn, snapshot, lst, now, trigger, everything=trigger == "schedule"))
+            out.extend(post for _, post in _send_locked(conn, snapshot, lst, now, trigger,
+                                                        everything=trigger == "schedule"))
     return out
 
 

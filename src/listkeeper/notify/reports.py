@@ -1,8 +1,9 @@
 """Reports (Mailtraq): a table of what happened since the report's last run, mailed on its schedule as
 plain text with the same rows as a CSV attachment.
 
-The housekeeping job `reports.send` queues each due report and records its run in one transaction, so
-a report is never lost nor sent twice; a report seen for the first time only starts its period then.
+The housekeeping job `reports.send` claims each due report's period, then queues it, in one
+transaction, so a report is never lost nor sent twice (by two nodes, or the round and a hand run); a
+report seen for the first time only starts its period then.
 `listkeeper report run NAME` sends one now; `listkeeper report show NAME` prints it."""
 
 from __future__ import annotations
@@ -187,35 +188,59 @@ def report_post(built: Built, snapshot: Snapshot, now: float) -> PostRecord:
                       tuple(built.spec.recipients))
 
 
+class AlreadySent(Exception):
+    """A run by hand found another run recorded since it read the last one (or one not before now)."""
+
+    def __init__(self, name: str, at: float, trigger: str) -> None:
+        super().__init__(name, at, trigger)
+        self.name, self.at, self.trigger = name, at, trigger
+
+
+def _utc(at: float) -> str:
+    return datetime.fromtimestamp(at, timezone.utc).isoformat(timespec="seconds")
+
+
 def run_now(conn: Connection, snapshot: Snapshot, name: str, now: float, since: float | None = None) \
         -> tuple[Built, PostRecord]:
     """Build the report for [since or its last run, now), record the run unless `since` was given (an
-    extra report then leaves the schedule's period alone), and return it with its mail to queue."""
+    extra report then leaves the schedule's period alone), and return it with its mail to queue. The
+    run is claimed before it is built: AlreadySent when another run took the period meanwhile."""
     spec = snapshot.reports.get(name)
     if spec is None:
         raise LookupError(f"no report {name!r} in the applied configuration")
-    built = build(conn, name, spec, since if since is not None else period_start(conn, name, spec, now), now)
-    if since is None:
-        store_reports.record_run(conn, name, now, len(built.table.rows), "hand")
+    if since is not None:
+        built = build(conn, name, spec, since, now)
+        return built, report_post(built, snapshot, now)
+    last = store_reports.last_run(conn, name)
+    if (last is not None and last >= now) or not store_reports.claim_run(conn, name, last, now, "hand"):
+        found = store_reports.last_run_row(conn, name)
+        raise AlreadySent(name, found["last_run_at"], found["trigger"])
+    built = build(conn, name, spec, last if last is not None else previous_time(spec, now), now)
+    store_reports.count_rows(conn, name, len(built.table.rows))
     return built, report_post(built, snapshot, now)
 
 
 def send_due(conn: Connection, snapshot: Snapshot, now: float) -> list[PostRecord]:
-    """The housekeeping job: every enabled report whose scheduled time has come since its last run."""
+    """The housekeeping job: every enabled report whose scheduled time has come since its last run, each
+    claimed before it is built, so a period another node or a hand run took meanwhile goes out once."""
     posts = []
     for name, spec in sorted(snapshot.reports.items()):
         if not spec.enabled:
             continue
         last = store_reports.last_run(conn, name)
         if last is None:  # first seen: its first period starts now
-            store_reports.record_run(conn, name, now, 0, "start")
+            store_reports.claim_run(conn, name, None, now, "start")
             continue
         if next_time(spec, last) > now:
             continue
+        if not store_reports.claim_run(conn, name, last, now, "schedule"):
+            found = store_reports.last_run_row(conn, name)
+            log.info("report %s: the period from %s was already sent (%s run up to %s)", name, _utc(last),
+                     found["trigger"], _utc(found["last_run_at"]))
+            continue
         built = build(conn, name, spec, last, now)
+        store_reports.count_rows(conn, name, len(built.table.rows))
         posts.append(report_post(built, snapshot, now))
-        store_reports.record_run(conn, name, now, len(built.table.rows), "schedule")
         log.info("report %s (%s): %d row(s) from %s queued for %s", name, spec.type.value, len(built.table.rows),
-                 datetime.fromtimestamp(last, timezone.utc).isoformat(timespec="seconds"),
-                 ", ".join(spec.recipients))
+                 _utc(last), ", ".join(spec.recipients))
     return posts

@@ -38,9 +38,12 @@ class Issue:
     sent_at: float
 
 
-def pending_by_list(conn: Connection) -> dict[str, Pending]:
-    rows = conn.execute(select(digest_pending.c.list_name, func.count(), func.sum(digest_pending.c.size),
-                               func.min(digest_pending.c.added_at)).group_by(digest_pending.c.list_name))
+def pending_by_list(conn: Connection, only: str | None = None) -> dict[str, Pending]:
+    query = select(digest_pending.c.list_name, func.count(), func.sum(digest_pending.c.size),
+                   func.min(digest_pending.c.added_at)).group_by(digest_pending.c.list_name)
+    if only is not None:
+        query = query.where(digest_pending.c.list_name == only)
+    rows = conn.execute(query)
     return {name: Pending(name, count, size or 0, oldest) for name, count, size, oldest in rows}
 
 

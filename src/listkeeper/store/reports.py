@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from .tables import deliveries, event_fires, messages, refusals, report_runs, subscription_changes
@@ -18,10 +19,28 @@ def last_run(conn: Connection, name: str) -> float | None:
     return conn.execute(select(report_runs.c.last_run_at).where(report_runs.c.name == name)).scalar()
 
 
-def record_run(conn: Connection, name: str, at: float, rows: int, trigger: str) -> None:
-    values = dict(last_run_at=at, rows=rows, trigger=trigger)
-    if conn.execute(update(report_runs).where(report_runs.c.name == name).values(**values)).rowcount == 0:
-        conn.execute(insert(report_runs).values(name=name, **values))
+def last_run_row(conn: Connection, name: str) -> dict | None:
+    row = conn.execute(select(report_runs).where(report_runs.c.name == name)).first()
+    return dict(row._mapping) if row else None
+
+
+def claim_run(conn: Connection, name: str, previous: float | None, at: float, trigger: str) -> bool:
+    """Record a run at `at` if the last run is still `previous` (None: there was none). False: another
+    run was recorded since it was read (PostgreSQL waits for its commit), and its period is not ours to
+    send. The rows are counted in afterwards (count_rows)."""
+    values = dict(last_run_at=at, rows=0, trigger=trigger)
+    if previous is None:
+        dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
+        claim = dialect.insert(report_runs).values(name=name, **values).on_conflict_do_nothing(
+            index_elements=["name"])
+    else:
+        claim = update(report_runs).where(report_runs.c.name == name,
+                                          report_runs.c.last_run_at == previous).values(**values)
+    return conn.execute(claim).rowcount == 1
+
+
+def count_rows(conn: Connection, name: str, rows: int) -> None:
+    conn.execute(update(report_runs).where(report_runs.c.name == name).values(rows=rows))
 
 
 def delivery_failures(conn: Connection, since: float, until: float, lists: Sequence[str] = ()) -> list[dict]:
