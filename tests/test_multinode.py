@@ -199,6 +199,49 @@ async def test_a_second_node_under_a_live_nodes_name_leaves_its_deliveries_in_fl
             store.close()
 
 
+async def test_a_node_whose_clock_runs_ahead_sends_no_live_nodes_delivery_but_takes_over_an_expired_one(tmp_path):
+    """Leases are set and compared by the PostgreSQL server's clock: a node whose clock runs ten minutes
+    ahead (NTP broken) leaves a live node's deliveries alone, or both send them and a member gets the post
+    twice; once that node's lease runs out on the server's clock, it sends them."""
+    import time
+
+    from listkeeper.store import queue
+
+    conf = tmp_path / "conf"
+    write(conf, "domain.yaml", DOMAIN)
+    write(conf, "members.yaml", members(["alice@example.org"]))
+    write(conf, "routes.yaml", pickup_routes(tmp_path / "outbox"))
+    with pg_database() as url:
+        store = Store.open(url)
+        ahead = Store.open(url, clock=lambda: time.time() + 600)
+        engine = None
+        try:
+            reconcile(load_manifests([conf]), store)
+            record = queue.InboundRecord("bob@example.org", ("members@example.org",), b"x", 1, (
+                queue.PostRecord("members", "queued", "member", b"Subject: hi\r\n\r\nhi\r\n", "",
+                                 ("alice@example.org",)),))
+            with store.engine.begin() as conn:  # what the live node mx1 is sending now
+                queue.spool(conn, [record], store.now())
+                (claimed,) = queue.claim_due(conn, store.now(), 10, 60.0, "mx1")
+            engine = await start_engine(ahead, ServeOptions(port=0, http_port=None, node="mx2", lease=60.0))
+            await asyncio.sleep(1.5)  # its scheduler has started and run
+
+            def row():
+                with store.engine.connect() as conn:
+                    return queue.delivery(conn, claimed.delivery_id)
+            assert (row()["state"], row()["claimed_by"], row()["attempts"]) == ("sending", "mx1", 0)
+            with store.engine.begin() as conn:  # mx1 died: its lease ran out, on the server's clock
+                conn.execute(text("update deliveries set lease_until = extract(epoch from statement_timestamp()) - 1"))
+            engine.scheduler.wake()
+            await wait_for(lambda: row()["state"] == "delivered", timeout=10)
+            assert (row()["claimed_by"], row()["attempts"]) == ("mx2", 1)
+        finally:
+            if engine is not None:
+                await asyncio.wait_for(engine.stop(), timeout=20)
+            ahead.close()
+            store.close()
+
+
 async def test_each_loss_of_the_notice_connection_is_logged(tmp_path, caplog):
     """The listening connection dies (a server restart, a failover) and comes back, twice: each loss is
     a warning and each return is said, not only the first loss of the engine's life."""

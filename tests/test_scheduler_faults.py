@@ -22,7 +22,8 @@ from listkeeper.store.tables import deliveries
 from .conftest import reconcile_folder, wait_for
 from .test_scheduler import config, post, sink, states  # noqa: F401 - sink: the relay fixture
 
-RELEASE = "deliveries.lease_until <"  # Leases.release_at_start / release_expired
+# Leases.release_at_start / release_expired (store/leases.py release_all, release_expired)
+RELEASE = "SET state=?, lease_until=?, updated_at=? WHERE deliveries.id IN"
 CLAIM = "deliveries.next_attempt_at <="  # the claim's due condition
 OUTCOMES = "transport=?, last_error=?"  # record_outcomes
 LIST_NAMES = "SELECT messages.id, messages.list_name \nFROM messages"  # list_names (the backups' lookup)

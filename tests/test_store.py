@@ -71,13 +71,22 @@ def test_a_claimed_delivery_names_the_smtp_queue_id_of_its_post(store):
     assert report_id in {d.message_id for d in due}
 
 
+def _leases_age(conn, seconds: float) -> None:
+    """The lease clock moves on `seconds`. On SQLite it is the node's: the `now` each call is given. On
+    PostgreSQL it is the server's, which a test cannot set: the leases are moved back instead."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("update deliveries set lease_until = lease_until - :s"), {"s": seconds})
+
+
 def test_expired_leases_are_released(store):
     record = queue.InboundRecord("a@x.org", ("l@x.org",), b"raw", 1, (
         queue.PostRecord("l", "queued", "member", b"copy", "", ("b@y.org",)),))
     with store.engine.begin() as conn:
         queue.spool(conn, [record], 1000.0)
         queue.claim_due(conn, 1000.0, 10, lease=60)
+        _leases_age(conn, 30)
         assert queue.release_expired(conn, 1030.0) == 0
+        _leases_age(conn, 31)
         assert queue.release_expired(conn, 1061.0) == 1
         assert len(queue.claim_due(conn, 1061.0, 10, lease=60)) == 1
 
@@ -121,7 +130,9 @@ def test_a_node_releases_only_its_own_and_expired_leases(store):
         assert queue.release_own(conn, "mx1", 1001.0) == 2  # mx1 started again
         assert {d.delivery_id for d in queue.claim_due(conn, 1001.0, 10, 60, "mx1")} == \
             {d.delivery_id for d in mine} | {5}  # its own and the unclaimed one; never mx2's
-        assert queue.renew_leases(conn, "mx2", 1100.0, 1050.0) == 2  # mx2 is alive and renews
+        _leases_age(conn, 50)
+        assert queue.renew_leases(conn, "mx2", 1050.0, lease=50) == 2  # mx2 is alive and renews
+        _leases_age(conn, 30)
         assert queue.release_expired(conn, 1080.0) == 3  # mx1 stopped renewing; mx2's leases hold
         assert {d.delivery_id for d in queue.claim_due(conn, 1080.0, 10, 60, "mx2")} == \
             {d.delivery_id for d in mine} | {5}
@@ -132,6 +143,7 @@ def test_an_outcome_counts_only_while_the_node_holds_the_delivery(store):
     _spool_five(store)
     with store.engine.begin() as conn:
         (due,) = queue.claim_due(conn, 1000.0, 1, 60, "mx1")
+        _leases_age(conn, 61)
         queue.release_expired(conn, 1061.0)  # mx1 stalled past its lease ...
         (again,) = queue.claim_due(conn, 1061.0, 1, 60, "mx2")  # ... and mx2 took the delivery over
         assert again.delivery_id == due.delivery_id
@@ -167,6 +179,11 @@ def test_lease_upkeep_never_deadlocks_with_outcome_writes(store, other):
     with store.engine.begin() as conn:
         queue.spool(conn, [record], 1000.0)
         ids = [d.delivery_id for d in queue.claim_due(conn, 1000.0, 5000, 60, "mx1")]
+    # live leases (on the server's clock) for the renewal, long expired ones for the release
+    leased = "extract(epoch from statement_timestamp()) + 60" if other == "renewal" else "1060"
+    if other == "release":
+        with store.engine.begin() as conn:
+            conn.execute(text(f"update deliveries set lease_until = {leased}"))
     errors: list[str] = []
     stop = time.monotonic() + 8.0
 
@@ -175,7 +192,7 @@ def test_lease_upkeep_never_deadlocks_with_outcome_writes(store, other):
             try:
                 with store.engine.begin() as conn:
                     if other == "renewal":
-                        queue.renew_leases(conn, "mx1", 1100.0, 1000.0)
+                        assert queue.renew_leases(conn, "mx1", 1000.0, lease=100) > 0
                     else:  # another node, past the leases
                         queue.release_expired(conn, 2000.0)
             except Exception as exc:  # noqa: BLE001
@@ -190,7 +207,7 @@ def test_lease_upkeep_never_deadlocks_with_outcome_writes(store, other):
                     queue.record_outcomes(conn, [queue.Outcome(i, "delivered", "pickup") for i in batch],
                                           1000.0, owner="mx1")
                 with store.engine.begin() as conn:  # back to sending, for the next round
-                    conn.execute(text("update deliveries set state = 'sending', lease_until = 1060 "
+                    conn.execute(text(f"update deliveries set state = 'sending', lease_until = {leased} "
                                       f"where id in ({','.join(map(str, sorted(batch)))})"))
             except Exception as exc:  # noqa: BLE001
                 errors.append(f"outcomes: {type(exc).__name__}: {exc}")
@@ -234,3 +251,47 @@ def test_a_claim_tags_verp_return_paths_with_one_key(store):
             assert "ix_deliveries_plain_return_path" in plan, plan
             assert conn.exec_driver_sql("SELECT count(*) FROM deliveries INDEXED BY ix_deliveries_plain_return_path "
                                         "WHERE return_path NOT LIKE '%+%'").scalar_one() == 1
+
+
+def _server_clock_store(store):
+    if store.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has one node: its clock is the only one")
+    _spool_five(store)
+
+
+def test_a_node_whose_clock_runs_ahead_takes_no_live_lease(store):
+    """PostgreSQL: leases are set and compared by the server's clock, so a node whose clock runs ten
+    minutes ahead (NTP broken) sees another node's live leases as live, and does not send them again;
+    and a node whose clock runs behind renews its leases into the future, not into the past."""
+    import time
+
+    _server_clock_store(store)
+    with store.engine.begin() as conn:
+        mine = queue.claim_due(conn, time.time(), 3, 60, "mx1")
+    with store.engine.begin() as conn:  # mx2, its clock ten minutes ahead
+        assert queue.release_expired(conn, time.time() + 600) == 0
+        assert len(queue.claim_due(conn, time.time() + 600, 10, 60, "mx2")) == 2  # only the unclaimed ones
+    with store.engine.begin() as conn:  # mx1, its clock ten minutes behind, renews
+        assert queue.renew_leases(conn, "mx1", time.time() - 600, lease=60) == 3
+    with store.engine.begin() as conn:  # mx2 still leaves them alone
+        assert queue.release_expired(conn, time.time() + 600) == 0
+        owners = conn.execute(text("select claimed_by, count(*) from deliveries where state = 'sending' "
+                                   "group by claimed_by")).all()
+    assert dict(owners) == {"mx1": 3, "mx2": 2}
+    assert all(queue.delivery(store.engine.connect(), d.delivery_id)["state"] == "sending" for d in mine)
+
+
+def test_a_lease_expired_on_the_server_clock_is_taken_over_whatever_the_nodes_clock(store):
+    """PostgreSQL: a lease that ran out by the server's clock is released and claimed again, even by a
+    node whose clock runs ten minutes behind."""
+    import time
+
+    _server_clock_store(store)
+    with store.engine.begin() as conn:
+        queue.claim_due(conn, time.time(), 2, 0.3, "mx1")  # mx1 then died: no renewal
+    time.sleep(0.5)
+    with store.engine.begin() as conn:
+        assert queue.renew_leases(conn, "mx1", time.time() + 600, lease=60) == 0  # too late, even ahead
+        assert queue.release_expired(conn, time.time() - 600) == 2
+        claimed = queue.claim_due(conn, time.time() + 1, 10, 60, "mx2")
+    assert len(claimed) == 5 and {d.attempts for d in claimed} == {0}

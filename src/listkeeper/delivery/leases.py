@@ -2,7 +2,9 @@
 
 A claim is a lease: renewed while the node runs, so only a node that stopped (or lost the store) loses
 its work, and released once it runs out, so another node (or this one, started again) sends that work.
-Claiming itself is the scheduler's: a lease begins with the claim.
+Claiming itself is the scheduler's: a lease begins with the claim. On PostgreSQL lease times are the
+server's clock, not this node's (store/leases.py `lease_clock`): nodes whose clocks disagree still agree
+on which leases ran out.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import logging
 from collections.abc import Callable
 
 from listkeeper.store import Store
-from listkeeper.store import queue as store_queue
+from listkeeper.store import leases as store_leases
 
 log = logging.getLogger("listkeeper.delivery")
 
@@ -34,22 +36,22 @@ class Leases:
         is the only node: every lease is released, whatever name it was claimed under."""
         with self._store.engine.begin() as conn:
             if self.node is None or conn.dialect.name != "postgresql":
-                store_queue.release_expired(conn, float("inf"))
+                store_leases.release_all(conn, self._clock())
                 return
             if self.release_own:
-                store_queue.release_own(conn, self.node, self._clock())
-            store_queue.release_expired(conn, self._clock())
+                store_leases.release_own(conn, self.node, self._clock())
+            store_leases.release_expired(conn, self._clock())
 
     def release_expired(self) -> None:
         with self._store.engine.begin() as conn:
-            store_queue.release_expired(conn, self._clock())
+            store_leases.release_expired(conn, self._clock())
 
     def give_back(self) -> int:
         """At a stop: what this node claimed and did not send is due again at once; how many."""
         with self._store.engine.begin() as conn:
             if self.node is None or conn.dialect.name != "postgresql":
-                return store_queue.release_expired(conn, float("inf"))  # the only node
-            return store_queue.release_own(conn, self.node, self._clock()) if self.release_own else 0
+                return store_leases.release_all(conn, self._clock())  # the only node
+            return store_leases.release_own(conn, self.node, self._clock()) if self.release_own else 0
 
     async def keep(self) -> None:
         """Renew this node's leases every third of a lease: only a node that stopped (or lost the store)
@@ -62,6 +64,5 @@ class Leases:
                 log.warning("renewing the delivery leases of node %s failed", self.node, exc_info=True)
 
     def _renew(self) -> None:
-        now = self._clock()
         with self._store.engine.begin() as conn:
-            store_queue.renew_leases(conn, self.node, now + self.duration, now)
+            store_leases.renew_leases(conn, self.node, self._clock(), lease=self.duration)

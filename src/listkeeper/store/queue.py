@@ -13,6 +13,7 @@ from sqlalchemy.engine import Connection
 from listkeeper.manifests.addresses import verp
 
 from . import config, events
+from .leases import lease_clock, release_all, release_expired, release_own, renew_leases  # noqa: F401 - re-exported
 from .tables import archive_pending, deliveries, digest_pending, holds, messages
 
 INSERT_CHUNK = 2000
@@ -183,45 +184,13 @@ def insert_posts(conn: Connection, posts: list[tuple[int | None, int, PostRecord
     return list(post_ids)
 
 
-def release_expired(conn: Connection, now: float) -> int:
-    """Deliveries whose lease ran out (a crashed node) become due again. Who claimed them stays
-    recorded, so the outcome of a node that was only slow still counts until another node claims them.
-    PostgreSQL: rows another transaction holds (that slow node writing its outcomes) are skipped, not
-    waited for (a deadlock otherwise); the next release finds them if they are still expired."""
-    expired = (select(deliveries.c.id).where(deliveries.c.state == "sending", deliveries.c.lease_until < now)
-               .with_for_update(skip_locked=True))
-    return conn.execute(update(deliveries).where(deliveries.c.id.in_(expired))
-                        .values(state="deferred", lease_until=None, updated_at=now)).rowcount
-
-
-def release_own(conn: Connection, owner: str, now: float) -> int:
-    """A node starting again: what it was sending when it stopped is due again. Other nodes' leases
-    are theirs until they expire."""
-    return conn.execute(update(deliveries).where(
-        deliveries.c.state == "sending", deliveries.c.claimed_by == owner,
-    ).values(state="deferred", lease_until=None, updated_at=now)).rowcount
-
-
-def renew_leases(conn: Connection, owner: str, until: float, now: float) -> int:
-    """A live node keeps what it claimed: its leases are pushed on, so a short lease is only ever lost
-    by a node that stopped renewing (it died, or lost the store).
-
-    PostgreSQL: rows locked by another transaction (this node's own outcome write, in another thread)
-    are skipped, not waited for: they are leaving 'sending', and two UPDATEs locking the same rows in
-    different orders would deadlock. A row skipped now is renewed at the next renewal, well before expiry."""
-    mine = (select(deliveries.c.id)
-            .where(deliveries.c.state == "sending", deliveries.c.claimed_by == owner, deliveries.c.lease_until >= now)
-            .with_for_update(skip_locked=True))
-    return conn.execute(update(deliveries).where(deliveries.c.id.in_(mine)).values(lease_until=until)).rowcount
-
-
 def claim_due(conn: Connection, now: float, limit: int, lease: float, owner: str | None = None) -> list[Due]:
-    """Due deliveries, leased to `owner` until now + lease, in the order they fell due. On PostgreSQL the
-    rows are locked with SKIP LOCKED: nodes claiming at once each get different rows and never wait for
-    each other. (SQLite serialises writers; the clause is left out there, and the SELECT runs before the
-    write lock is taken.) So the UPDATE claims only rows still due and returns those: a delivery dropped
-    or changed between the two is never claimed. (BEGIN IMMEDIATE would do it too, but holds the write
-    lock while the claimed bodies are read: the delivery bench lost some 13%.)"""
+    """Due deliveries, leased to `owner` for `lease` seconds (leases.py `lease_clock`), in the order they
+    fell due. On PostgreSQL the rows are locked with SKIP LOCKED: nodes claiming at once each get different
+    rows and never wait for each other. (SQLite serialises writers; the clause is left out there, and the
+    SELECT runs before the write lock is taken.) So the UPDATE claims only rows still due and returns
+    those: a delivery dropped or changed between the two is never claimed. (BEGIN IMMEDIATE would do it
+    too, but holds the write lock while the claimed bodies are read: the delivery bench lost some 13%.)"""
     due = [deliveries.c.state.in_(("queued", "deferred")), deliveries.c.next_attempt_at <= now]
     chosen = conn.execute(
         select(deliveries.c.id, _queue_id().label("queue_id")).where(*due)
@@ -234,7 +203,7 @@ def claim_due(conn: Connection, now: float, limit: int, lease: float, owner: str
     order = {r.id: (n, r.queue_id) for n, r in enumerate(chosen)}
     rows = conn.execute(
         update(deliveries).where(deliveries.c.id.in_(list(order)), *due)
-        .values(state="sending", lease_until=now + lease, claimed_by=owner, updated_at=now)
+        .values(state="sending", lease_until=lease_clock(conn, now) + lease, claimed_by=owner, updated_at=now)
         .returning(deliveries.c.id, deliveries.c.message_id, deliveries.c.recipient, deliveries.c.return_path,
                    deliveries.c.attempts, deliveries.c.created_at)
     ).all()
