@@ -129,7 +129,8 @@ def test_dmarc_passes_on_aligned_spf():
     assert dmarc_result("spf.test", (), record, SpfCheck("pass", "other.test")) == "fail"  # not aligned
     assert dmarc_result("spf.test", (), record, SpfCheck("softfail", "spf.test")) == "fail"
     assert dmarc_result("spf.test", (), record, SpfCheck("temperror", "spf.test")) == "temperror"
-    assert dmarc_result("spf.test", (DkimCheck("pass", "spf.test", "s"),), record, SpfCheck("fail", "spf.test")) == "pass"
+    signed = (DkimCheck("pass", "spf.test", "s"),)
+    assert dmarc_result("spf.test", signed, record, SpfCheck("fail", "spf.test")) == "pass"
     assert dmarc_result("spf.test", (), None, SpfCheck("pass", "spf.test")) == "none"
 
 
@@ -144,7 +145,8 @@ def test_the_field_says_what_spf_gave_and_parses():
     assert [(r.result, r.smtp_mailfrom) for r in spf] == [("pass", "spf.test")]
     helo = field_value(InboundAuth(spf=SpfCheck("none", "[127.0.0.1]", "helo")), "h.test")
     assert "spf=none smtp.helo=\"[127.0.0.1]\";" in helo
-    assert [r.result for r in authres.AuthenticationResultsHeader.parse_value(helo).results if r.method == "spf"] == ["none"]
+    parsed = authres.AuthenticationResultsHeader.parse_value(helo)
+    assert [r.result for r in parsed.results if r.method == "spf"] == ["none"]
 
 
 # --- end to end -----------------------------------------------------------------------------------------

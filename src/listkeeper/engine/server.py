@@ -100,9 +100,10 @@ class Engine:
                                    personalise=self.links.personal_copy, templates=TemplateCopies.load)
         self.spool = Spool(self.store, on_commit=self.scheduler.wake)
         self.scheduler.metrics = self.metrics
-        handler = self.handler = SubmissionHandler(self.current, self.spool, self.store.now, self.store,
-                                                   plaintext_auth=self.options.plaintext_auth, metrics=self.metrics,
-                                                   limiter=LoginLimiter(self.options.auth_failure_limit))
+        handler = SubmissionHandler(self.current, self.spool, self.store.now, self.store,
+                                    plaintext_auth=self.options.plaintext_auth, metrics=self.metrics,
+                                    limiter=LoginLimiter(self.options.auth_failure_limit))
+        self.handler = handler
 
         def protocol() -> SMTP:  # the hostname is given, so aiosmtpd never calls getfqdn per connection
             return ListSMTP(handler, hostname=self.snapshot.hostname(), ident="listkeeper", decode_data=False,
