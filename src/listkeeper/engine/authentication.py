@@ -1,8 +1,9 @@
-"""Checking a post's authentication on arrival: its DKIM signatures, its ARC chain, DMARC on them.
+"""Checking a post's authentication on arrival: its DKIM signatures, its ARC chain, SPF, DMARC on them.
 
 DNS goes through the RoutingTable's name servers with our resolver and its cache (the one DMARC
 mitigation uses): the keys every signature and ARC set names are fetched first, concurrently, then
 dkimpy verifies in a worker thread against those answers, so neither DNS nor RSA blocks the loop.
+SPF (spfcheck.py) runs alongside, in threads of its own that put their questions to the same resolver.
 Bounded: at most MAX_SIGNATURES signatures and MAX_KEYS key lookups per post. Never raises: what
 cannot be checked is reported as temperror or permerror, and the post goes on.
 """
@@ -25,6 +26,7 @@ from .dmarc import PolicyLookup, from_domain, policy_of
 from .headers import RawMessage
 from .recipients import Recipient, Target
 from .snapshot import Snapshot
+from .spfcheck import Arrival, SpfChecker
 
 log = logging.getLogger("listkeeper.authentication")
 
@@ -52,24 +54,32 @@ def key_name(tags: dict[bytes, bytes]) -> str | None:
 class Authenticator:
     def __init__(self, dmarc: PolicyLookup):
         self._dmarc = dmarc
+        self._spf = SpfChecker()
 
-    async def for_posts(self, data: bytes, recipients: list[Recipient], snapshot: Snapshot) -> InboundAuth | None:
+    def close(self) -> None:
+        self._spf.close()
+
+    async def for_posts(self, data: bytes, recipients: list[Recipient], snapshot: Snapshot,
+                        arrival: Arrival | None = None) -> InboundAuth | None:
         """The post's results when a list posted to seals with ARC (nobody else reads them); never raises."""
-        if not any(r.target is Target.post and arc_seals(r.list.domain, snapshot) for r in recipients):
+        sealing = [r for r in recipients if r.target is Target.post and arc_seals(r.list.domain, snapshot)]
+        if not sealing:
             return None
         try:
-            return await self.check(data, snapshot)
+            return await self.check(data, snapshot, arrival, snapshot.domains[sealing[0].list.domain].hostname)
         except Exception:  # noqa: BLE001 - the post goes on, its copies unsealed
             log.exception("authentication: checking a post failed; it is not sealed")
             return None
 
-    async def check(self, data: bytes, snapshot: Snapshot) -> InboundAuth:
+    async def check(self, data: bytes, snapshot: Snapshot, arrival: Arrival | None = None,
+                    receiver: str = "unknown") -> InboundAuth:
         message = RawMessage.parse(data)
         signatures = [_tags(raw) for name, raw in message.fields if name == "dkim-signature"][:MAX_SIGNATURES]
         arc_sets = [_tags(raw) for name, raw in message.fields if name in ("arc-seal", "arc-message-signature")]
         names = list(dict.fromkeys(n for n in map(key_name, signatures + arc_sets) if n))[:MAX_KEYS]
         author = from_domain(message)
-        keys, record = await asyncio.gather(self._keys(names, snapshot), self._record(author, snapshot))
+        keys, record, spf = await asyncio.gather(self._keys(names, snapshot), self._record(author, snapshot),
+                                                 self._sender(arrival, snapshot, receiver))
         checks, chain = await asyncio.to_thread(_verify, data, signatures, bool(arc_sets), keys)
         if author is None:
             dmarc, policy = "none", None
@@ -78,12 +88,18 @@ class Authenticator:
         elif isinstance(record, Failure):
             dmarc, policy = "temperror", None
         else:
-            dmarc = dmarc_result(author, checks, record)
+            dmarc = dmarc_result(author, checks, record, spf)
             policy = policy_of(record[1], record[0] != author) if record else None
-        auth = InboundAuth(checks, dmarc, policy, author, chain)
-        log.info("authentication from=%s dkim=%s dmarc=%s arc=%s", author or "-",
-                 ",".join(f"{c.result}:{c.domain}" for c in checks) or "none", dmarc, chain)
+        auth = InboundAuth(checks, dmarc, policy, author, chain, spf)
+        log.info("authentication from=%s dkim=%s spf=%s dmarc=%s arc=%s", author or "-",
+                 ",".join(f"{c.result}:{c.domain}" for c in checks) or "none",
+                 f"{spf.result}:{spf.domain}" if spf else "-", dmarc, chain)
         return auth
+
+    async def _sender(self, arrival: Arrival | None, snapshot: Snapshot, receiver: str):
+        if arrival is None:
+            return None
+        return await self._spf.check(arrival, self._dmarc.resolver(snapshot), receiver)
 
     async def _record(self, domain: str | None, snapshot: Snapshot):
         if domain is None:

@@ -6,9 +6,8 @@ seals (delivery/arc.py), so a receiver can trust the original authentication aft
 
 The authserv-id is the list domain's host name. A field that arrives already claiming one of our
 host names is a forgery (RFC 8601 5: it must be removed), on every message we accept, since delivery
-seals whatever such a field says. SPF is not evaluated (no SPF library is a dependency), so the DMARC
-result rests on DKIM alone: a post that only SPF would have passed is reported `dmarc=fail`, which
-costs it the receiver's benefit of the doubt, never gives it one it did not earn.
+seals whatever such a field says. DMARC passes on an aligned DKIM signature that verified or on an
+aligned SPF pass (engine/spfcheck.py) of the MAIL FROM domain.
 """
 
 from __future__ import annotations
@@ -35,12 +34,22 @@ class DkimCheck:
 
 
 @dataclass(frozen=True)
+class SpfCheck:
+    """What SPF (RFC 7208) said of the client for the MAIL FROM domain, or the HELO name for a null sender."""
+
+    result: str  # pass, fail, softfail, neutral, none, temperror, permerror
+    domain: str
+    identity: str = "mailfrom"  # or "helo"
+
+
+@dataclass(frozen=True)
 class InboundAuth:
     dkim: tuple[DkimCheck, ...] = ()
     dmarc: str = "none"  # pass, fail, none, temperror, permerror
     policy: str | None = None  # the published p= (or sp=) when there is a record
     from_domain: str | None = None
     arc: str = "none"  # the inbound ARC chain: none (no chain), pass, fail
+    spf: SpfCheck | None = None  # None: not evaluated (no client address)
 
 
 def our_ids(snapshot: Snapshot) -> frozenset[str]:
@@ -70,7 +79,7 @@ def arc_seals(lst_domain: str, snapshot: Snapshot) -> bool:
     return spec is not None and spec.dkim is not None and spec.dkim.arc
 
 
-# --- DMARC (RFC 7489 3.1, 4.2) on the results of DKIM alone ------------------------------------------
+# --- DMARC (RFC 7489 3.1, 4.2) on the results of DKIM and SPF ------------------------------------------
 
 def aligned(signer: str, from_domain: str, organisation: str, strict: bool) -> bool:
     """Whether a signing domain aligns with the From domain: the same name (strict), or both at or below
@@ -82,14 +91,17 @@ def aligned(signer: str, from_domain: str, organisation: str, strict: bool) -> b
 
 
 def dmarc_result(from_domain: str, checks: tuple[DkimCheck, ...],
-                 record: tuple[str, dict[str, str]] | None) -> str:
-    """pass when an aligned signature verified; else, under a record, temperror when an aligned key could
-    not be looked up, fail otherwise; none without a record."""
+                 record: tuple[str, dict[str, str]] | None, spf: SpfCheck | None = None) -> str:
+    """pass when an aligned signature verified or SPF passed for an aligned MAIL FROM domain (adkim= and
+    aspf= say how strictly); else, under a record, temperror when an aligned key or SPF could not be looked
+    up, fail otherwise; none without a record."""
     if record is None:
         return "none"
     organisation, tags = record
     strict = tags.get("adkim") == "s"
     results = {c.result for c in checks if aligned(c.domain, from_domain, organisation, strict)}
+    if spf is not None and aligned(spf.domain, from_domain, organisation, tags.get("aspf") == "s"):
+        results.add(spf.result)
     if "pass" in results:
         return "pass"
     return "temperror" if "temperror" in results else "fail"  # a key that may yet verify is no failure
@@ -98,7 +110,8 @@ def dmarc_result(from_domain: str, checks: tuple[DkimCheck, ...],
 # --- the field -----------------------------------------------------------------------------------------
 
 def field_value(auth: InboundAuth, server_id: str) -> str:
-    """`host; dkim=pass header.d=... header.s=... header.b=...; dmarc=...; arc=...` (RFC 8601 2.2)."""
+    """`host; dkim=pass header.d=... header.s=... header.b=...; spf=pass smtp.mailfrom=...; dmarc=...;
+    arc=...` (RFC 8601 2.2)."""
     parts = [server_id]
     for check in auth.dkim:
         part = f"dkim={check.result} header.d={_pvalue(check.domain)} header.s={_pvalue(check.selector)}"
@@ -106,6 +119,8 @@ def field_value(auth: InboundAuth, server_id: str) -> str:
         parts.append(part + (f" header.b={b}" if b else ""))
     if not auth.dkim:
         parts.append("dkim=none")
+    if auth.spf is not None:
+        parts.append(f"spf={auth.spf.result} smtp.{auth.spf.identity}={_pvalue(auth.spf.domain)}")
     dmarc = f"dmarc={auth.dmarc}"
     if auth.policy:
         dmarc += f" (p={auth.policy})"

@@ -76,6 +76,7 @@ class Engine:
     server: asyncio.base_events.Server | None = None
     tasks: list[asyncio.Task] = field(default_factory=list)
     web: WebListener | None = None
+    handler: SubmissionHandler | None = None
     links: Links | None = None
     notifications: Dispatcher | None = None
     follower: ConfigFollower | None = None
@@ -102,6 +103,7 @@ class Engine:
         handler = SubmissionHandler(self.current, self.spool, self.store.now, self.store,
                                     plaintext_auth=self.options.plaintext_auth, metrics=self.metrics,
                                     limiter=LoginLimiter(self.options.auth_failure_limit))
+        self.handler = handler
 
         def protocol() -> SMTP:  # the hostname is given, so aiosmtpd never calls getfqdn per connection
             return ListSMTP(handler, hostname=self.snapshot.hostname(), ident="listkeeper", decode_data=False,
@@ -237,6 +239,8 @@ class Engine:
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
+        if self.handler is not None:  # SPF's threads, idle once no session is left
+            self.handler.close()
         if self.web is not None:
             await self.web.close()
         run = next((t for t in self.tasks if t.get_name() == "delivery-scheduler"), None)

@@ -24,6 +24,7 @@ from .headers import RawMessage
 from .membership import look_up_in
 from .recipients import Refusal, accept_recipient
 from .snapshot import Snapshot
+from .spfcheck import Arrival
 from .spool import Spool
 
 log = logging.getLogger("listkeeper.smtp")
@@ -101,6 +102,9 @@ class ListHandler:
         self._dmarc = PolicyLookup(observe=metrics.dns if metrics is not None else None)
         self._authentication = Authenticator(self._dmarc)  # the same resolver and cache
 
+    def close(self) -> None:
+        self._authentication.close()
+
     def _snapshot(self, session: Session) -> Snapshot:
         """A session keeps the configuration it started with, even across a reload."""
         snapshot = getattr(session, "listkeeper_snapshot", None)
@@ -164,7 +168,9 @@ class ListHandler:
                                       barred.reason, barred.reply)
         membership = await asyncio.to_thread(look_up_in, self._store, data, envelope.mail_from or "", recipients,
                                              snapshot, self._clock())
-        auth = await self._authentication.for_posts(data, recipients, snapshot)  # DNS, without blocking the loop
+        peer = session.peer[0] if isinstance(session.peer, tuple) else ""
+        arrival = Arrival(str(peer), envelope.mail_from or "", session.host_name or "")
+        auth = await self._authentication.for_posts(data, recipients, snapshot, arrival)  # DNS, off the loop
         poster = await self._dmarc.poster_policy(data, recipients, snapshot)
         outcome = fan_out(data, envelope.mail_from or "", recipients, snapshot, self._clock(), membership,
                           dmarc=poster, auth=auth)
