@@ -27,6 +27,7 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Connection
 
 from listkeeper.manifests.notifications import EVENT_TYPES
+from listkeeper.store import outbox as store_outbox
 
 log = logging.getLogger("listkeeper.notify")
 INBOX_LIMIT = 20_000  # events waiting for the drainer; more are dropped and counted
@@ -185,13 +186,12 @@ def on_commit(conn: Connection, type_: str, /, **attributes: Any) -> None:
 
 
 def _to_outbox(conn: Connection, type_: str, attributes: Mapping[str, Any]) -> None:
-    from listkeeper.store import outbox  # here: the store's package needs nothing of notify's
     try:
         event = make_event(type_, attributes, time.time())
     except Exception:  # noqa: BLE001 - a bug in the code that emits; the transaction goes on
         log.exception("system event %s not emitted", type_)
         return
-    outbox.add(conn, event.id, event.type, event.as_json()["attributes"], event.at)
+    store_outbox.add(conn, event.id, event.type, event.as_json()["attributes"], event.at)
 
 
 def offer(event: SystemEvent) -> None:
