@@ -90,11 +90,15 @@ def members_show(list_name, store_url, preview, limit) -> None:
 @store_option
 def members_enable(list_name, address, store_url) -> None:
     """Deliver to a member again whose delivery was disabled (e.g. by bounces); clears their bounce score."""
+    from listkeeper import notify
     from listkeeper.store import subscribers
     with _store(store_url) as store:
         with store.writing() as conn:
             member = subscribers.get(conn, list_name, address)
             enabled = subscribers.enable(conn, list_name, address, store.now(), "cli")
+            if enabled:
+                notify.on_commit(conn, "subscription.changed", list=list_name, address=member.address,
+                                 action="enabled", source="cli")
     if member is None:
         raise click.ClickException(f"{address} is not a member of {list_name}")
     if not enabled:

@@ -21,6 +21,7 @@ from email.utils import format_datetime
 from jinja2.sandbox import SandboxedEnvironment
 from sqlalchemy.engine import Connection
 
+from listkeeper import notify
 from listkeeper.manifests.events import EventSpec, in_dependency_order
 from listkeeper.store import Store
 from listkeeper.store import events as store_events
@@ -181,6 +182,8 @@ def tick(store: Store, snapshot: Snapshot, now: float,
                 done = fire(conn, lst, event, event.name, store_events.eligible(lst.name, event, now), snapshot, now)
                 if done.count:
                     fired.append(done)
+                    notify.on_commit(conn, "event.fired", list=lst.name, event=done.event, subscribers=done.count,
+                                     source="tick")
                 if progress:
                     checked += sizes[lst.name]
                     progress(checked, total)
@@ -198,9 +201,17 @@ def fire_by_hand(store: Store, snapshot: Snapshot, list_name: str, event_name: s
         raise LookupError(f"list {list_name} has no event {event_name!r}")
     with store.writing() as conn:
         if addresses is None:  # --all: every subscriber who receives the list, chosen in SQL
-            return fire(conn, lst, event, event_name, store_events.receiving(list_name), snapshot, now)
+            fired = fire(conn, lst, event, event_name, store_events.receiving(list_name), snapshot, now)
+            if fired.count:
+                notify.on_commit(conn, "event.fired", list=list_name, event=event_name, subscribers=fired.count,
+                                 source="cli")
+            return fired
         chosen = sorted({a.lower() for a in addresses})
         unknown = sorted(set(chosen) - set(store_events.receiving_among(conn, list_name, chosen)))
         if unknown:
             raise LookupError(f"not subscribed to {list_name}: {', '.join(unknown)}")
-        return fire(conn, lst, event, event_name, chosen, snapshot, now)
+        fired = fire(conn, lst, event, event_name, chosen, snapshot, now)
+        for address in chosen:  # one event each, as a command by mail announces
+            notify.on_commit(conn, "event.fired", list=list_name, event=event_name, subscribers=1, source="cli",
+                             address=address)
+        return fired

@@ -16,6 +16,7 @@ from listkeeper import notify
 from listkeeper.logs import note
 from listkeeper.delivery.scheduler import Scheduler
 from listkeeper.notify import bus as notify_bus
+from listkeeper.notify import outbox as notify_outbox
 from listkeeper.notify.dispatch import Dispatcher
 from listkeeper.store import Store
 from listkeeper.store import nodes as store_nodes
@@ -50,6 +51,7 @@ class ServeOptions:
     data_size_limit: int = 64 * 1024 * 1024
     tick_interval: float = 300.0  # list events are evaluated this often
     housekeeping_interval: float = 60.0  # moderation expiry, digests, archives ... run this often
+    outbox_interval: float = notify_outbox.INTERVAL  # events of commands run by hand are announced this often
     http_host: str = "127.0.0.1"  # the one-click unsubscribe listener
     http_port: int | None = 8025  # 0: any free port; None: no listener (another node serves the links)
     base_url: str | None = None  # where recipients reach the listener; default: its own address
@@ -130,6 +132,7 @@ class Engine:
         self.tasks.append(asyncio.create_task(self.scheduler.run(), name="delivery-scheduler"))
         self.tasks.append(asyncio.create_task(self._ticks(), name="event-ticks"))
         self.tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+        self.tasks.append(asyncio.create_task(self._outbox(), name="notify-outbox"))
 
     async def _start_links(self) -> None:
         """One-click unsubscribe: the listener first, so every link delivery writes points somewhere."""
@@ -187,6 +190,17 @@ class Engine:
             if done.queued:
                 self.scheduler.wake()
 
+    async def _outbox(self) -> None:
+        """What commands run by hand in other processes committed reaches this engine's Notifications."""
+        while True:
+            await asyncio.sleep(self.options.outbox_interval)
+            if not self.leadership.leading:  # another node drains it
+                continue
+            try:
+                await asyncio.to_thread(notify_outbox.drain, self.store)
+            except Exception:  # tried again at the next round; what was not deleted is still there
+                log.exception("draining the notification outbox failed")
+
     async def _ticks(self) -> None:
         """List events fire within one tick of their dependencies being met."""
         while True:
@@ -198,10 +212,8 @@ class Engine:
             except Exception:  # a failed tick is tried again at the next one
                 log.exception("event tick failed")
                 continue
-            for item in fired:
+            for item in fired:  # announced by the tick's transaction (engine/events.py)
                 note(log, "event.fired", list=item.list_name, event=item.event, subscribers=item.count, source="tick")
-                notify.emit("event.fired", list=item.list_name, event=item.event, subscribers=item.count,
-                            source="tick")
             if fired:
                 self.scheduler.wake()
 

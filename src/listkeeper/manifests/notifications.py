@@ -40,7 +40,7 @@ EVENT_TYPES: dict[str, dict[str, tuple[type, bool]]] = {
         "list": (str, True), "address": (str, True), "action": (str, True), "source": (str, True)},
     "bounce.disabled": {
         "list": (str, True), "address": (str, True), "score": (float, True), "threshold": (float, True)},
-    "event.fired": {  # a list event fired for some subscribers (source: tick | mail)
+    "event.fired": {  # a list event fired for some subscribers (source: tick | mail | cli)
         "list": (str, True), "event": (str, True), "subscribers": (int, True), "source": (str, True),
         "address": (str, False)},
     "config.rejected": {  # a reload refused: the manifests do not validate or cannot be applied

@@ -2,9 +2,11 @@
 
 `emit` never blocks and never raises: it validates the event, appends it to each attached inbox
 (a deque, bounded) and wakes the inbox's loop at most once per drain. An event no rule listens to,
-or emitted with no engine attached (a command run by hand), is not even built. `on_commit` holds an event until the caller's database
-transaction commits, and drops it when the transaction rolls back, so nothing is announced that
-did not happen."""
+or emitted with no engine attached, is not even built (no command run by hand emits). `on_commit`
+holds an event until the caller's database transaction commits, and drops it when the transaction
+rolls back, so nothing is announced that did not happen. With no engine attached (a command run by
+hand) it writes the event into the store's outbox in that same transaction instead, and the leading
+engine drains it into its own inboxes (notify/outbox.py)."""
 
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Connection
 
 from listkeeper.manifests.notifications import EVENT_TYPES
+from listkeeper.store import outbox as store_outbox
 
 log = logging.getLogger("listkeeper.notify")
 INBOX_LIMIT = 20_000  # events waiting for the drainer; more are dropped and counted
@@ -160,9 +163,14 @@ _pending_lock = threading.Lock()
 
 
 def on_commit(conn: Connection, type_: str, /, **attributes: Any) -> None:
-    """Announce the event when `conn`'s transaction commits; forget it if it rolls back."""
+    """Announce the event when `conn`'s transaction commits; forget it if it rolls back. With no inbox
+    attached, write it to the outbox in `conn`'s transaction: an event that does not match the catalogue
+    is logged and dropped, but a failing write fails the transaction, so no committed event is lost."""
+    inboxes = _inboxes
+    if not inboxes:
+        _to_outbox(conn, type_, attributes)
+        return
     try:
-        inboxes = _inboxes
         if not any(inbox.wants(type_) for inbox in inboxes):
             return
         event = make_event(type_, attributes, _now(inboxes))
@@ -175,6 +183,21 @@ def on_commit(conn: Connection, type_: str, /, **attributes: Any) -> None:
             held.append(event)
     except Exception:  # noqa: BLE001
         log.exception("system event %s not emitted", type_)
+
+
+def _to_outbox(conn: Connection, type_: str, attributes: Mapping[str, Any]) -> None:
+    try:
+        event = make_event(type_, attributes, time.time())
+    except Exception:  # noqa: BLE001 - a bug in the code that emits; the transaction goes on
+        log.exception("system event %s not emitted", type_)
+        return
+    store_outbox.add(conn, event.id, event.type, event.as_json()["attributes"], event.at)
+
+
+def offer(event: SystemEvent) -> None:
+    """Give an event built elsewhere (the outbox's) to every attached inbox, as emitted here."""
+    for inbox in _inboxes:
+        inbox.offer(event)
 
 
 def _take_pending(conn: Connection) -> list[SystemEvent]:

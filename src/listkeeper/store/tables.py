@@ -293,3 +293,14 @@ engine_nodes = Table(
     Column("stopped_at", Float, nullable=True),
     Column("listening", Text, nullable=False),  # smtp://host:port
 )
+
+# system events committed by a process with no engine attached (a command run by hand): the leading
+# engine reads them, offers them to its Notifications, and deletes them in the same transaction
+notify_outbox = Table(
+    "notify_outbox", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("event_id", String(32), nullable=False),  # the event's id: the same if it is offered again
+    Column("type", String(64), nullable=False),
+    Column("attributes", Text, nullable=False),  # JSON object, as SystemEvent.as_json gives it
+    Column("at", Float, nullable=False),  # when it happened, not when it was drained
+)

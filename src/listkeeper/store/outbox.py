@@ -1,0 +1,32 @@
+"""The notification outbox: system events committed by a process with no engine attached, waiting for
+the leading engine to read them (and delete them in the same transaction)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select
+from sqlalchemy.engine import Connection
+
+from .tables import notify_outbox
+
+
+def add(conn: Connection, event_id: str, type_: str, attributes: Mapping[str, Any], at: float) -> None:
+    conn.execute(insert(notify_outbox).values(event_id=event_id, type=type_, at=at,
+                                              attributes=json.dumps(dict(attributes), sort_keys=True)))
+
+
+def take(conn: Connection, limit: int) -> list[dict]:
+    """The oldest `limit` events, deleted; they are gone only if `conn`'s transaction commits. On
+    PostgreSQL rows another transaction is taking are skipped, so no two drains take the same event."""
+    rows = conn.execute(select(notify_outbox).order_by(notify_outbox.c.id).limit(limit)
+                        .with_for_update(skip_locked=True)).all()
+    if rows:
+        conn.execute(delete(notify_outbox).where(notify_outbox.c.id.in_([r.id for r in rows])))
+    return [{**r._mapping, "attributes": json.loads(r.attributes)} for r in rows]
+
+
+def waiting(conn: Connection) -> int:
+    return conn.execute(select(func.count()).select_from(notify_outbox)).scalar_one()
