@@ -53,6 +53,15 @@ def test_with_no_engine_attached_an_event_is_written_in_the_transaction_that_mad
     assert rows(store) == [row]  # a rolled-back action announces nothing
 
 
+def test_events_no_engine_drained_for_a_week_give_way(store):
+    """Commands run with no engine at all (a tick from cron) cannot grow the outbox for ever."""
+    with store.writing() as conn:
+        for i in range(3):
+            store_outbox.add(conn, f"{i:032x}", "event.fired", FIRED, 1000.0 + i)
+        store_outbox.add(conn, "a" * 32, "event.fired", FIRED, 1000.0 + store_outbox.KEEP + 1.5)
+    assert [r.event_id for r in rows(store)] == [f"{2:032x}", "a" * 32]  # older than a week: gone
+
+
 async def test_a_drain_offers_each_event_once_with_its_own_time_and_id_and_deletes_it(store, caplog):
     with store.writing() as conn:
         for i in range(3):

@@ -13,7 +13,15 @@ from sqlalchemy.engine import Connection
 from .tables import notify_outbox
 
 
+KEEP = 7 * 86400  # an event no engine drained within a week is stale: dropped by the next write
+PRUNE = 100  # at most this many, from the oldest, per write: the cost of a write stays flat
+
+
 def add(conn: Connection, event_id: str, type_: str, attributes: Mapping[str, Any], at: float) -> None:
+    """The event, waiting for the engine; and, so that commands run without any engine (a `tick` from
+    cron) cannot grow the table for ever, the oldest events past KEEP go."""
+    oldest = select(notify_outbox.c.id).order_by(notify_outbox.c.id).limit(PRUNE).scalar_subquery()
+    conn.execute(delete(notify_outbox).where(notify_outbox.c.id.in_(oldest), notify_outbox.c.at < at - KEEP))
     conn.execute(insert(notify_outbox).values(event_id=event_id, type=type_, at=at,
                                               attributes=json.dumps(dict(attributes), sort_keys=True)))
 
