@@ -43,6 +43,32 @@ def test_one_leader_at_a_time_and_another_when_it_is_gone():
             store.close()
 
 
+def test_each_store_has_its_own_leader_and_node_names_on_one_server():
+    """Two installations (say staging and production) on one PostgreSQL server: each database's status
+    names its own leader, and a node name taken in one is free in the other."""
+    from listkeeper.store import nodes
+
+    with pg_database() as first_url, pg_database() as second_url:
+        first, second = Store.open(first_url), Store.open(second_url)
+        lead = Leadership(first, "mx1")
+        try:
+            assert lead.check() is True
+            with first.engine.connect() as conn:
+                assert nodes.leader(conn) == "mx1" and nodes.named_elsewhere(conn, "mx1")
+            with second.engine.connect() as conn:
+                assert nodes.leader(conn) is None
+                assert not nodes.named_elsewhere(conn, "mx1")
+            other = Leadership(second, "mx2")
+            try:
+                assert other.check() is True  # its own lock: the other store's leader is no rival
+            finally:
+                other.close()
+        finally:
+            lead.close()
+            first.close()
+            second.close()
+
+
 def test_sqlite_has_one_node_which_always_leads(tmp_path):
     store = Store.open(f"sqlite:///{tmp_path}/lk.db")
     try:

@@ -61,7 +61,8 @@ def leader(conn: Connection) -> str | None:
         return None
     name = conn.execute(text(
         "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-        "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = 0 AND l.objid = :key AND l.objsubid = 1"),
+        "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = 0 AND l.objid = :key AND l.objsubid = 1 "
+        "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"),  # not another store's
         {"key": LEADER_LOCK}).scalar()
     return name.removeprefix(LEADER_APPLICATION) if name else None
 
@@ -72,5 +73,6 @@ def named_elsewhere(conn: Connection, node: str) -> bool:
     if conn.dialect.name != "postgresql":
         return False
     return bool(conn.execute(text(
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name = :name AND pid <> pg_backend_pid()"),
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = :name AND pid <> pg_backend_pid() "
+        "AND datname = current_database()"),
         {"name": f"{LEADER_APPLICATION}{node}"[:63]}).scalar())
