@@ -19,8 +19,9 @@ Anyone can send mail to a bounce address, so a bounce counts only when it answer
 address carries the tag delivery signed it with (delivery/verp.py); or, a report to the plain address,
 it names someone we sent mail with the plain address within `stale_after` (at least 7 days): notices
 sent before they too left with tagged VERP addresses (anyone can have a notice sent to any address, by
-a command with a forged sender; counting reports for those let forged ones disable a member). Any other is recorded for the subscriber as not counted, with the reason (`unattributed: ...`),
-and logged; its score is untouched. That includes untagged VERP bounces: anyone can write one, and the
+a command with a forged sender; counting reports for those let forged ones disable a member). Any
+other is recorded for the subscriber as not counted, with the reason (`unattributed: ...`), and
+logged; its score is untouched. That includes untagged VERP bounces: anyone can write one, and the
 bounces of copies sent before an upgrade to tags are not told apart from them (a week of bounces that do
 not count delays disabling a dead address; it never disables a live one).
 
