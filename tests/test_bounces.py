@@ -268,6 +268,28 @@ def test_forged_bounces_are_recorded_not_counted(store, clock):
         "unattributed: a report to the plain bounce address naming an address no notice was sent to lately")
 
 
+def test_a_forged_command_then_forged_reports_do_not_disable_a_member(store, clock):
+    """'help' to LIST-request with the victim's address as sender gets the victim a reply. It left with the
+    plain bounce address, and reports to that address naming the victim then counted, once a day, for 7
+    days: five forged mails disabled the member, no tag needed. Notices now leave with the recipient's
+    tagged VERP address, as list copies do: the forged reports are unattributed, and a bounce of the
+    reply itself still counts."""
+    signed(store)
+    receive(store, "members-request@example.org", b"From: sam@example.net\r\nSubject: help\r\n\r\nhelp\r\n",
+            mail_from="sam@example.net")
+    with store.engine.begin() as conn:  # the reply is delivered
+        due = store_queue.claim_due(conn, store.now(), 100, 60)
+        assert [(d.recipient, d.return_path) for d in due] == [("sam@example.net",
+                                                                "members-bounces+sam=example.net@example.org")]
+        store_queue.record_outcomes(conn, [Outcome(d.delivery_id, "delivered", "smtp") for d in due], store.now())
+    for day in range(5):
+        clock.at = MONDAY + 3600 + day * DAY
+        receive(store, "members-bounces@example.org", sample("exim.eml"))  # forged: names kim and sam
+    assert (member(store, "sam@example.net").state, member(store, "sam@example.net").bounce_score) == ("active", 0)
+    receive(store, tagged_verp(store, "sam@example.net"), sample("postfix.eml"))
+    assert member(store, "sam@example.net").bounce_score == 1
+
+
 def test_a_tag_with_non_ascii_letters_is_unattributed_not_unreadable(store):
     """SMTPUTF8 lets anyone write one: it is a wrong tag like any other, not a bounce no one could read."""
     signed(store)

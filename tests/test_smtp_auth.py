@@ -487,6 +487,100 @@ async def test_failed_logins_across_connections_block_auth_until_the_window_slid
     assert after == [(235, b"2.7.0 Authentication successful"), 250]
 
 
+async def test_logins_checked_at_once_take_the_limit_too(tmp_path, engine_for, monkeypatch):
+    """12 connections send a wrong password at the same moment, with a limit of 3: only 3 passwords are
+    checked (3 key derivations), the other 9 get 454 unchecked at once. Checked all, a flood of logins from
+    one address held the engine's shared thread pool (lease renewal, claims, membership look-ups) for as
+    long as the derivations took, though only 3 verdicts were ever said."""
+    import threading
+
+    from listkeeper.engine import submission
+
+    monkeypatch.setenv("LK_TEST_PW", PASSWORD)
+    engine = await engine_for(make_conf(tmp_path, account("alice", "alice@example.org", "{env: LK_TEST_PW}")),
+                              auth_failure_limit=FailureLimit.parse("3/60s"))
+    checked, release, answered = [], threading.Event(), []
+    real_verify = submission.verify
+
+    def held(account, password):
+        checked.append(password)
+        release.wait(10)
+        return real_verify(account, password)
+
+    monkeypatch.setattr(submission, "verify", held)
+
+    def one() -> None:
+        with client(engine.port) as smtp:
+            answered.append(auth(smtp, "PLAIN", "alice@example.org", "a guess")[0])
+
+    def flood() -> None:
+        threads = [threading.Thread(target=one) for _ in range(12)]
+        for thread in threads:
+            thread.start()
+        wait = 0
+        while len(answered) < 9 and wait < 40:  # the refused answer at once; the checked wait for `release`
+            threading.Event().wait(0.1)
+            wait += 1
+        release.set()
+        for thread in threads:
+            thread.join(15)
+
+    await asyncio.to_thread(flood)
+    assert sorted(answered) == [454] * 9 + [535] * 3
+    assert len(checked) == 3
+
+
+async def test_a_client_hanging_up_during_the_check_keeps_its_place_until_the_check_ends(tmp_path, engine_for,
+                                                                                           monkeypatch):
+    """AUTH with a wrong password, then hang up at once, 12 times over: the derivations still run, so each
+    keeps its place in the count until it ends, and no more than the limit are ever under way; each is a
+    failure though its verdict went unheard, so the address is then blocked (hanging up before the answer
+    kept the thread pool busy without end, never counted)."""
+    import socket
+    import threading
+
+    from listkeeper.engine import submission
+
+    monkeypatch.setenv("LK_TEST_PW", PASSWORD)
+    engine = await engine_for(make_conf(tmp_path, account("alice", "alice@example.org", "{env: LK_TEST_PW}")),
+                              auth_failure_limit=FailureLimit.parse("3/60s"))
+    checked, release = [], threading.Event()
+    real_verify = submission.verify
+
+    def held(account, password):
+        checked.append(password)
+        release.wait(10)
+        return real_verify(account, password)
+
+    monkeypatch.setattr(submission, "verify", held)
+    blob = base64.b64encode(b"\0alice@example.org\0a guess").decode()
+
+    def hang_up() -> None:
+        with socket.create_connection(("127.0.0.1", engine.port), timeout=10) as sock:
+            reader = sock.makefile("rb")
+            reader.readline()
+            sock.sendall(b"EHLO client.test\r\n")
+            while not reader.readline().startswith(b"250 "):
+                pass
+            sock.sendall(f"AUTH PLAIN {blob}\r\n".encode())
+            threading.Event().wait(0.1)
+
+    def flood() -> list:
+        for _ in range(12):
+            hang_up()
+        started = len(checked)
+        release.set()
+        for _ in range(50):  # the places come back as the derivations end, as failures
+            if engine.metrics.registry.get_sample_value("listkeeper_auth_blocked_total") == 1:
+                break
+            threading.Event().wait(0.1)
+        with client(engine.port) as smtp:
+            return [started, auth(smtp, "PLAIN", "alice@example.org", PASSWORD)[0]]
+
+    assert await asyncio.to_thread(flood) == [3, 454]
+    assert len(checked) == 3
+
+
 async def test_auth_failure_limit_zero_blocks_nobody(tmp_path, engine_for, monkeypatch):
     monkeypatch.setenv("LK_TEST_PW", PASSWORD)
     engine = await engine_for(make_conf(tmp_path, account("alice", "alice@example.org", "{env: LK_TEST_PW}")),

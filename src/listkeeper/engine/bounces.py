@@ -17,9 +17,11 @@ names that is a subscriber of the list counts. A bounce is never answered.
 
 Anyone can send mail to a bounce address, so a bounce counts only when it answers our mail: its VERP
 address carries the tag delivery signed it with (delivery/verp.py); or, a report to the plain address,
-it names someone we sent a notice (which leaves with the plain address) within `stale_after` (at least
-7 days). Any other is recorded for the subscriber as not counted, with the reason (`unattributed: ...`),
-and logged; its score is untouched. That includes untagged VERP bounces: anyone can write one, and the
+it names someone we sent mail with the plain address within `stale_after` (at least 7 days): notices
+sent before they too left with tagged VERP addresses (anyone can have a notice sent to any address, by
+a command with a forged sender; counting reports for those let forged ones disable a member). Any
+other is recorded for the subscriber as not counted, with the reason (`unattributed: ...`), and
+logged; its score is untouched. That includes untagged VERP bounces: anyone can write one, and the
 bounces of copies sent before an upgrade to tags are not told apart from them (a week of bounces that do
 not count delays disabling a dead address; it never disables a live one).
 
@@ -230,7 +232,7 @@ def owner_notice(lst: ListConfig, snapshot: Snapshot, address: str, score: float
     except Exception:  # an unparseable bounce is not worth losing the notice over
         log.warning("bounce attachment for %s on %s left out: it could not be re-encoded", address, lst.name)
     return PostRecord(lst.name, "queued", "bounces: notice to the owner", mail.as_bytes(), lst.address_for("bounces"),
-                      moderators(lst))
+                      moderators(lst), verp=True)
 
 
 def forget_stale(conn: Connection, snapshot: Snapshot, now: float) -> None:

@@ -175,7 +175,7 @@ class Context:
         data = notice(lst.address_for("request"), to, subject, body, self.snapshot.hostname(self.domain), self.now,
                       reply_to=reply_to, loop_marker=lst.spec.address, auto="auto-replied").as_bytes()
         self.out.append(PostRecord(lst.name, "queued", "command: confirmation request", data,
-                                   lst.address_for("bounces"), (to,)))
+                                   lst.address_for("bounces"), (to,), verp=True))
         return True
 
 
@@ -390,6 +390,6 @@ def action(rcpt: Recipient, message: RawMessage, mail_from: str, senders: frozen
                               snapshot.hostname(domain), at, body)
         bounce = lst.address_for("bounces") if lst else ""
         return [*ctx.out, PostRecord(lst.name if lst else "", "queued", "command: answered", reply, bounce,
-                                     (mail_from,))]
+                                     (mail_from,), verp=lst is not None)]
 
     return run

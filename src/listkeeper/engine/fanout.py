@@ -143,14 +143,14 @@ def fan_out(data: bytes, mail_from: str, recipients: list[Recipient], snapshot: 
                             now + lst.spec.moderation.expiry)
                 posts.append(PostRecord(lst.name, "queued", "moderation: notice to the moderators",
                                         moderation.hold_notice(lst, hold, verdict.reason, message, hostname, now),
-                                        lst.address_for("bounces"), moderators(lst)))
+                                        lst.address_for("bounces"), moderators(lst), verp=True))
             posts.append(PostRecord(lst.name, state, f"{verdict.rule}: {verdict.reason}", copy,
                                     lst.address_for("bounces"),
                                     receivers(lst, snapshot, now) if state == "queued" else (), verp=True,
                                     poster=membership.posters.get(lst.name), hold=hold, digest=True))
         elif rcpt.target is Target.owner:
             posts.append(PostRecord(lst.name, "queued", "owner: forwarded to the moderators", data,
-                                    lst.address_for("bounces"), moderators(lst)))
+                                    lst.address_for("bounces"), moderators(lst), verp=True))
         elif rcpt.target is Target.bounces:
             whom = f" for {rcpt.subscriber}" if rcpt.subscriber else ""
             posts.append(PostRecord(lst.name, "bounce", f"bounce{whom}: kept for bounce processing", data,

@@ -3,7 +3,9 @@ auth penalty do): past the limit within a sliding window, AUTH from that network
 
 Sans-I/O: the caller gives the time. Kept in this process's memory only (each node counts on its own),
 and bounded: at most `max_entries` networks are remembered, the one whose last failure is oldest going
-first."""
+first. A password being checked holds a place in its network's count until its verdict (`checking`):
+logins sent at once can start no more checks than the failures left, so a flood from one network never
+costs more key derivations than the limit allows."""
 
 from __future__ import annotations
 
@@ -64,6 +66,7 @@ class LoginLimiter:
         self.limit = limit
         self.max_entries = max_entries
         self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        self._checking: dict[str, int] = {}  # passwords of each network being checked now
 
     def __len__(self) -> int:
         return len(self._failures)
@@ -80,10 +83,25 @@ class LoginLimiter:
         return len(times)
 
     def blocked(self, network: str, now: float) -> bool:
-        return self.limit.enabled and self._recent(network, now) >= self.limit.failures
+        """Whether the failures in the window and the checks under way leave the network no attempt."""
+        return (self.limit.enabled
+                and self._recent(network, now) + self._checking.get(network, 0) >= self.limit.failures)
+
+    def check(self, network: str, now: float) -> bool:
+        """Take a place for one password check (False: blocked); give it back with `checked`."""
+        if self.blocked(network, now):
+            return False
+        self._checking[network] = self._checking.get(network, 0) + 1
+        return True
+
+    def checked(self, network: str) -> None:
+        left = self._checking.pop(network, 1) - 1
+        if left > 0:
+            self._checking[network] = left
 
     def blocked_until(self, network: str, now: float) -> float | None:
-        if not self.blocked(network, now):
+        """When the oldest failure leaves the window (checks under way may end sooner)."""
+        if not self.blocked(network, now) or network not in self._failures:
             return None
         return self._failures[network][0] + self.limit.window
 

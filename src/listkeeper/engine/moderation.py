@@ -125,7 +125,7 @@ def _to_sender(lst: ListConfig, snapshot: Snapshot, sender: str, subject: str, t
     data = notice(lst.address_for("owner"), sender, subject, text, snapshot.hostname(lst.domain), now,
                   loop_marker=lst.spec.address).as_bytes()
     return PostRecord(lst.name, "queued", "moderation: notice to the sender", data, lst.address_for("bounces"),
-                      (sender,))
+                      (sender,), verp=True)
 
 
 def expire(conn: Connection, snapshot: Snapshot, now: float) -> list[PostRecord]:

@@ -174,7 +174,13 @@ class SubmissionHandler(ListHandler):
         session = server.session
         username = login.decode("utf-8", "replace").lower()[:254]
         account = self._snapshot(session).accounts.get(username)
-        verdict = await asyncio.to_thread(verify, account, password) if password is not None else False
+        if password is None:
+            verdict = False
+        elif self._limiter is None:
+            verdict = await asyncio.to_thread(verify, account, password)
+        elif (verdict := await self._checked(session, account, password)) is BLOCKED:
+            await server.push(BLOCKED)
+            return AuthResult(success=False, handled=True)
         if verdict is None:  # RFC 4954 454: the client keeps its password and tries later; no failure counted
             await server.push(UNAVAILABLE)
             return AuthResult(success=False, handled=True)
@@ -199,6 +205,26 @@ class SubmissionHandler(ListHandler):
         else:
             await server.push(INVALID)
         return AuthResult(success=False, handled=True)
+
+    async def _checked(self, session: Session, account: SmtpAccountSpec | None, password: bytes) -> bool | None | str:
+        """verify() holding a place in the network's count (BLOCKED when none is left) until its thread
+        ends. A client that hangs up meanwhile leaves the derivation running and its place taken, and a
+        wrong password is still a failure: hanging up never buys a check that does not count."""
+        peer = peer_ip(session)
+        network = client_network(peer)
+        if not self._limiter.check(network, self._clock()):
+            return BLOCKED
+        checking = asyncio.ensure_future(asyncio.to_thread(verify, account, password))
+        checking.add_done_callback(lambda _: self._limiter.checked(network))
+        try:
+            return await asyncio.shield(checking)
+        except asyncio.CancelledError:
+            checking.add_done_callback(lambda done: self._unheard(done, peer))
+            raise
+
+    def _unheard(self, done: asyncio.Future, peer: str) -> None:
+        if not done.cancelled() and done.exception() is None and done.result() is False:
+            self._count_failure(peer)
 
     def _count_failure(self, peer: str) -> None:
         if self._limiter is None:

@@ -64,8 +64,8 @@ def pending(conn: Connection, limit: int) -> list[BouncePost]:
 
 
 def notice_sent_lately(conn: Connection, bounce_address: str, recipient: str, since: float) -> bool:
-    """Whether mail with the plain bounce address as its return path (a notice: a reply, a confirmation
-    request, a moderators' notice) was tried to `recipient` at or after `since`."""
+    """Whether mail with the plain bounce address as its return path (a notice sent before notices left
+    with tagged VERP addresses) was tried to `recipient` at or after `since`."""
     query = select(deliveries.c.id).where(
         deliveries.c.return_path == bounce_address, text(PLAIN_RETURN_PATH),  # the partial index's own term
         func.lower(deliveries.c.recipient) == recipient.lower(), deliveries.c.attempts > 0,
