@@ -12,18 +12,17 @@ Attribution: a VERP address names the subscriber whatever the report says (a for
 the one that failed); the report still says whether it was hard or soft. An unreadable message with a
 null sender to a VERP address counts as a hard bounce, as in Mailman; one from a person, an auto-reply
 (an out-of-office answer to the return path) or a report naming no failure (a success notice, a read
-receipt) is no bounce. Without VERP, every failed address the report
-names that is a subscriber of the list counts. A bounce is never answered.
+receipt) is no bounce.
 
 Anyone can send mail to a bounce address, so a bounce counts only when it answers our mail: its VERP
-address carries the tag delivery signed it with (delivery/verp.py); or, a report to the plain address,
-it names someone we sent mail with the plain address within `stale_after` (at least 7 days): notices
-sent before they too left with tagged VERP addresses (anyone can have a notice sent to any address, by
-a command with a forged sender; counting reports for those let forged ones disable a member). Any
-other is recorded for the subscriber as not counted, with the reason (`unattributed: ...`), and
-logged; its score is untouched. That includes untagged VERP bounces: anyone can write one, and the
-bounces of copies sent before an upgrade to tags are not told apart from them (a week of bounces that do
-not count delays disabling a dead address; it never disables a live one).
+address carries the tag delivery signed it with (delivery/verp.py). Every mail of ours that can bounce
+(list copies, digests, template mails, notices) leaves with one, so any other bounce is recorded for
+the subscriber as not counted, with the reason (`unattributed: ...`), and logged; its score is
+untouched: an untagged or wrongly tagged VERP address (anyone can write one), and a report to the plain
+LIST-bounces address naming failed addresses (anyone can have a notice sent to any address, by a
+command with a forged sender, and then forge reports naming it). The bounces of mail sent before an
+upgrade to tags are not told from forged ones: a week of bounces that do not count delays disabling a
+dead address; it never disables a live one.
 
 Score (per list, `spec.bounces`): a hard bounce adds `hard` (1), a soft one `soft` (0.5), at most once a
 day (UTC) per subscriber; after `stale_after` (7 days) without a bounce the score starts again from zero;
@@ -59,7 +58,6 @@ from .snapshot import ListConfig, Snapshot
 log = logging.getLogger("listkeeper.bounces")
 BATCH = 1000  # bounces read per round; more wait for the next minute
 DAY = 86400
-SENT_WITHIN = 7 * DAY  # a report to the plain address answers a notice tried this recently (or within stale_after)
 NOT_SIGNED = "verp token not signed by this server"
 
 
@@ -119,7 +117,7 @@ def verp_subscriber(to: str, lst: ListConfig) -> str | None:
     return verped[0] if verped else None
 
 
-def unproven(conn: Connection, lst: ListConfig, item: Attributed, at: float) -> str | None:
+def unproven(item: Attributed) -> str | None:
     """Why the bounce cannot count for its subscriber, or None when it answers our mail."""
     if item.token == SIGNED:
         return None
@@ -127,10 +125,7 @@ def unproven(conn: Connection, lst: ListConfig, item: Attributed, at: float) -> 
         return NOT_SIGNED
     if item.token == UNTAGGED:
         return f"{NOT_SIGNED} (no tag)"
-    since = at - max(lst.spec.bounces.stale_after, SENT_WITHIN)
-    if store_bounces.notice_sent_lately(conn, lst.address_for("bounces"), item.address, since):
-        return None
-    return "a report to the plain bounce address naming an address no notice was sent to lately"
+    return "a report to the plain bounce address (every mail of ours leaves with a tagged VERP address)"
 
 
 def process(conn: Connection, snapshot: Snapshot, now: float) -> list[PostRecord]:
@@ -155,7 +150,7 @@ def process(conn: Connection, snapshot: Snapshot, now: float) -> list[PostRecord
             log.info("bounce message=%d list=%s to=%s from=%s: no failure in it (not a bounce); not counted",
                      post.id, lst.name, post.to, post.mail_from or "<>")
         for item in found:
-            why = unproven(conn, lst, item, post.at)
+            why = unproven(item)
             if why is None:
                 notices.extend(count(conn, snapshot, lst, post, item, now))
             else:

@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from sqlalchemy import case, func, insert, select, text, update
+from sqlalchemy import case, func, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import aliased
 
-from .tables import PLAIN_RETURN_PATH, bounces, deliveries, messages, subscribers
+from .tables import bounces, messages, subscribers
 
 PENDING = "bounce"  # messages.state of a bounce post not read yet
 UNATTRIBUTED = "not counted: unattributed: "  # in a bounce's detail: not shown to answer our mail (forged?)
@@ -61,16 +61,6 @@ def pending(conn: Connection, limit: int) -> list[BouncePost]:
         found.append(BouncePost(row.id, row.list_name or "", to[0] if to else "", row.mail_from or "", row.data,
                                 row.created_at))
     return found
-
-
-def notice_sent_lately(conn: Connection, bounce_address: str, recipient: str, since: float) -> bool:
-    """Whether mail with the plain bounce address as its return path (a notice sent before notices left
-    with tagged VERP addresses) was tried to `recipient` at or after `since`."""
-    query = select(deliveries.c.id).where(
-        deliveries.c.return_path == bounce_address, text(PLAIN_RETURN_PATH),  # the partial index's own term
-        func.lower(deliveries.c.recipient) == recipient.lower(), deliveries.c.attempts > 0,
-        deliveries.c.updated_at >= since)
-    return conn.execute(query.limit(1)).first() is not None
 
 
 def mark(conn: Connection, post_id: int, state: str) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import (
-    Column, Float, ForeignKey, Index, Integer, LargeBinary, MetaData, PrimaryKeyConstraint, String, Table, Text, text,
+    Column, Float, ForeignKey, Index, Integer, LargeBinary, MetaData, PrimaryKeyConstraint, String, Table, Text,
 )
 
 metadata = MetaData()
@@ -70,12 +70,6 @@ deliveries = Table(
 )
 Index("ix_deliveries_due", deliveries.c.state, deliveries.c.next_attempt_at)
 Index("ix_deliveries_message", deliveries.c.message_id)
-# a report to a list's plain bounce address counts only for who was sent a notice with that return path
-# lately (engine/bounces.py). Only such rows are indexed: list copies leave with VERP return paths ('+'),
-# so a fan-out of 100,000 writes no entry here
-PLAIN_RETURN_PATH = "return_path NOT LIKE '%+%'"
-Index("ix_deliveries_plain_return_path", deliveries.c.return_path, deliveries.c.recipient,
-      sqlite_where=text(PLAIN_RETURN_PATH), postgresql_where=text(PLAIN_RETURN_PATH))
 # PostgreSQL: what a claim reads, in the order it takes it: a claim of 500 of 100,000 due deliveries
 # stops after 500 rows instead of sorting them all (every node claims this way, many times a second).
 # SQLite (one node) does better without the cost of keeping it.
