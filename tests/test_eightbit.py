@@ -7,7 +7,7 @@ from __future__ import annotations
 import sqlite3
 from email import message_from_bytes
 from email.parser import BytesParser
-from email.policy import SMTP, default
+from email.policy import default
 
 import aiosmtplib
 import pytest

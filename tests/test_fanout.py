@@ -121,7 +121,6 @@ def test_owner_and_postmaster_are_forwarded(store):
 
 
 def test_request_gets_a_reply(store):
-    from listkeeper.store import queue as store_queue
     rcpt = accept_recipient("members-request@example.org", SNAPSHOT)
     asking = b"From: x@example.net\r\nSubject: unsubscribe\r\nMessage-ID: <q@x>\r\n\r\n"
     record = fan_out(asking, "x@example.net", [rcpt], SNAPSHOT, 0.0)

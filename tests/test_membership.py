@@ -176,7 +176,7 @@ def test_query_errors_name_file_line_column(tmp_path, query, expected):
     with pytest.raises(ManifestErrors) as info:
         load_manifests([conf])
     lines = [str(e) for e in info.value.errors]
-    assert any(f"list.yaml:10:" in line and expected in line for line in lines), lines
+    assert any("list.yaml:10:" in line and expected in line for line in lines), lines
 
 
 def test_regular_subscribers_cannot_be_added_by_hand(tmp_path):
@@ -221,7 +221,6 @@ async def test_post_is_fanned_out_to_the_selection_at_post_time(tmp_path, dynami
     shown = subprocess.run([sys.executable, "-m", "listkeeper", "members", "board"], capture_output=True,
                            text=True, env=env)
     assert "3 member(s) selected for post" in shown.stdout and "cy@globex.example" in shown.stdout
-    import aiosmtplib
     _, reply = await send(engine.port, "bo@acme.example", ["board@example.org"],  # bo is staff: not selected,
                           b"From: bo@acme.example\r\nSubject: me\r\n\r\nx\r\n")  # so not a member: held
     assert reply.endswith("held for moderation by board")

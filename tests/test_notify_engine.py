@@ -4,7 +4,6 @@ injected clock."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import subprocess

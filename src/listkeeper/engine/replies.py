@@ -11,7 +11,6 @@ from email.policy import SMTP
 from email.utils import format_datetime
 
 from .headers import RawMessage
-from .snapshot import ListConfig
 
 QUIET_PRECEDENCE = {"bulk", "list", "junk", "auto_reply"}
 # Return paths of list software and mail systems (RFC 3834 section 2, as vacation(1) skips them)

@@ -8,7 +8,6 @@ import signal
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from aiosmtpd.smtp import SMTP
 
