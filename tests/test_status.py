@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from listkeeper.engine.status import Status, render_status
+from listkeeper.engine.status import Outbox, Status, _utc, render_status
 from listkeeper.store.config_history import ConfigChange, Origin
 from listkeeper.store.nodes import Node
 
@@ -54,7 +54,9 @@ Queue:
   state       deliveries
   deferred             3
   queued              12
-  held posts           2"""
+  held posts           2
+
+Notification outbox: empty."""
 
 
 def test_an_empty_store():
@@ -62,7 +64,7 @@ def test_an_empty_store():
     assert render_status(status).splitlines() == [
         "Configuration: generation 0", "", "Engines: none has run on this store.", "",
         "Last rejected reload: none.", "", "Queue:", "  state       deliveries", "  (empty)              0",
-        "  held posts           0"]
+        "  held posts           0", "", "Notification outbox: empty."]
 
 
 def cli(workdir: Path, *args: str) -> subprocess.CompletedProcess:
@@ -125,3 +127,44 @@ def test_sighup_reloads_a_serve_that_does_not_watch_and_status_shows_it(tmp_path
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
     assert "stopped" in cli(tmp_path, "status").stdout
+
+
+def test_status_shows_the_notification_outbox_and_when_nobody_drains_it(tmp_path):
+    """Events written by commands run by hand wait in the outbox until the leading engine drains them
+    (every 2 s); an operator could not see them waiting, nor that no engine took them."""
+    from listkeeper.store import Store
+    from listkeeper.store import outbox
+    (tmp_path / "var").mkdir()
+    store = Store.open(f"sqlite:///{tmp_path}/var/lk.db")
+    try:
+        empty = cli(tmp_path, "status")
+        assert empty.returncode == 0, empty.stderr
+        assert "\nNotification outbox: empty.\n" in empty.stdout + "\n"
+        assert status(tmp_path)["outbox"] == {"waiting": 0, "oldest": None}
+
+        now = time.time()
+        with store.engine.begin() as conn:
+            outbox.add(conn, "e1", "event.fired", {"list": "members"}, now - 5)
+            outbox.add(conn, "e2", "event.fired", {"list": "members"}, now - 2)
+        fresh = cli(tmp_path, "status").stdout
+        assert "Notification outbox: 2 event(s) waiting, oldest " in fresh and " s ago)." in fresh
+        assert "no engine seems to be draining" not in fresh
+        assert status(tmp_path)["outbox"] == {"waiting": 2, "oldest": now - 5}
+
+        with store.engine.begin() as conn:
+            outbox.add(conn, "e0", "event.fired", {"list": "members"}, now - 3600)
+        stale = cli(tmp_path, "status").stdout.split("Notification outbox: ")[1].splitlines()
+        assert stale[0] == f"3 event(s) waiting, oldest {_utc(now - 3600)} (60 min ago)."
+        assert stale[1] == ("  waiting for more than a minute: no engine seems to be draining them (the leading "
+                            "engine does every 2 s). Is `listkeeper serve` running on this store (on PostgreSQL: "
+                            "is there a leader)?")
+    finally:
+        store.close()
+
+
+def test_the_outbox_lines_name_the_leader_that_should_drain_it():
+    found = Status(T + 600, 0, None, None, (), {}, 0, leader="mx1", outbox=Outbox(1, T))
+    assert render_status(found).splitlines()[-2:] == [
+        "Notification outbox: 1 event(s) waiting, oldest 2026-11-18 11:06:40 UTC (10 min ago).",
+        "  waiting for more than a minute: no engine seems to be draining them (the leading engine does every "
+        "2 s). Is the leader, mx1, stuck?"]

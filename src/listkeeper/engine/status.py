@@ -1,5 +1,6 @@
 """`listkeeper status`: what the engines run, read from the store (status is a process of its own):
-the configuration generation and how it was applied, the engine nodes, the last refused reload, the queue."""
+the configuration generation and how it was applied, the engine nodes, the last refused reload, the queue,
+the notification outbox."""
 
 from __future__ import annotations
 
@@ -12,12 +13,21 @@ from sqlalchemy.engine import Connection
 
 from listkeeper.store import config as applied_config
 from listkeeper.store import config_history
+from listkeeper.store import outbox as store_outbox
 from listkeeper.store import queue as store_queue
 from listkeeper.store.config_history import ConfigChange
 from listkeeper.store.nodes import Node, leader, listing
 
 SILENT_AFTER = 60.0  # seconds without a heartbeat (engines beat every 15 s) before a node is called silent
+UNDRAINED_AFTER = 60.0  # seconds an event waits in the outbox (drained every 2 s) before no engine seems to drain it
 SHOWN = 20  # files, changes and errors listed before "... and N more"
+
+
+@dataclass(frozen=True)
+class Outbox:
+    """System events of commands run by hand, waiting for the leading engine to announce them."""
+    waiting: int = 0
+    oldest: float | None = None  # when the oldest waiting event happened
 
 
 @dataclass(frozen=True)
@@ -30,6 +40,7 @@ class Status:
     deliveries: Mapping[str, int]  # by state
     held: int  # posts held for moderation
     leader: str | None = None  # PostgreSQL: the node running the periodic work now
+    outbox: Outbox = Outbox()
 
     def json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -39,7 +50,7 @@ def read_status(conn: Connection, now: float) -> Status:
     generation = applied_config.generation(conn)
     return Status(now, generation, config_history.applied(conn, generation), config_history.last(conn, "rejected"),
                   tuple(listing(conn)), store_queue.queue_counts(conn),
-                  sum(store_queue.held_counts(conn).values()), leader(conn))
+                  sum(store_queue.held_counts(conn).values()), leader(conn), Outbox(*store_outbox.backlog(conn)))
 
 
 def _utc(ts: float) -> str:
@@ -117,7 +128,23 @@ def status_view(status: Status):
     queue = sorted(status.deliveries.items()) or [("(empty)", 0)]
     lines.append(terminal.table([Column("state"), Column("deliveries", "right")],
                                 [*queue, ("held posts", status.held)], indent=2))
+    lines.append("")
+    lines += _outbox_lines(status)
     return terminal.lines(*lines)
+
+
+def _outbox_lines(status: Status) -> list[str]:
+    box = status.outbox
+    if not box.waiting or box.oldest is None:
+        return ["Notification outbox: empty."]
+    lines = [f"Notification outbox: {box.waiting} event(s) waiting, oldest {_utc(box.oldest)} "
+             f"({_ago(status.at - box.oldest)})."]
+    if status.at - box.oldest > UNDRAINED_AFTER:
+        ask = (f"Is the leader, {status.leader}, stuck?" if status.leader else
+               "Is `listkeeper serve` running on this store (on PostgreSQL: is there a leader)?")
+        lines.append(f"  waiting for more than a minute: no engine seems to be draining them (the leading engine "
+                     f"does every 2 s). {ask}")
+    return lines
 
 
 def render_status(status: Status) -> str:

@@ -38,3 +38,9 @@ def take(conn: Connection, limit: int) -> list[dict]:
 
 def waiting(conn: Connection) -> int:
     return conn.execute(select(func.count()).select_from(notify_outbox)).scalar_one()
+
+
+def backlog(conn: Connection) -> tuple[int, float | None]:
+    """How many events wait, and when the oldest of them happened (None: none waits)."""
+    count, oldest = conn.execute(select(func.count(), func.min(notify_outbox.c.at))).one()
+    return count, oldest
