@@ -15,7 +15,7 @@ from pathlib import Path
 
 import aiosmtplib
 import pytest
-from sqlalchemy import select
+from sqlalchemy import insert, select
 
 from listkeeper.engine.housekeeping import run_round
 from listkeeper.engine.snapshot import load_snapshot
@@ -24,7 +24,7 @@ from listkeeper.notify import reports
 from listkeeper.notify.reports import Table, render_csv, render_table
 from listkeeper.store import reports as store_reports
 from listkeeper.store import subscribers
-from listkeeper.store.tables import messages
+from listkeeper.store.tables import messages, report_runs
 
 from .conftest import DOMAIN, pickup_routes, reconcile_folder, wait_for, write
 from .test_serve import LISTS, message, send
@@ -197,3 +197,48 @@ async def test_report_show_and_run_from_the_command_line(tmp_path, conf, engine_
     unknown = cli("show", "nope")
     assert unknown.returncode == 1 and "no report 'nope' in the applied configuration (reports: barring, " \
         in unknown.stderr
+
+
+def report_cli(store_url: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "listkeeper", "report", *args], capture_output=True, text=True,
+                          env={**os.environ, "LISTKEEPER_STORE": store_url}, timeout=60)
+
+
+def queued_reports(store) -> int:
+    with store.engine.connect() as conn:
+        return len(conn.execute(select(messages.c.id).where(messages.c.reason.like("report %"))).all())
+
+
+def test_report_run_that_queues_nothing_says_why_and_exits_3(conf, store_url):
+    """A last run recorded at or after now (another node's clock ahead) was called 'recorded meanwhile';
+    a race with the round's first 'start' record (which sends nothing) was called a 'start run' that took
+    the period; and a script could not tell from the exit status that nothing went out."""
+    store = reconcile_folder(conf, store_url)
+    try:
+        ahead = datetime.now(timezone.utc).replace(microsecond=0).timestamp() + 120
+        with store.engine.begin() as conn:
+            conn.execute(insert(report_runs).values(name="barring", last_run_at=ahead, rows=0, trigger="schedule"))
+        ran = report_cli(store_url, "run", "barring")
+        shown = datetime.fromtimestamp(ahead, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        assert (ran.returncode, ran.stdout) == (3, f"barring: nothing queued: its last run is recorded at {shown}, "
+                                                   f"not before now: a node's clock may run ahead.\n"), ran.stderr
+
+        # the round's first record lands between this run's read and its claim (as on PostgreSQL; here the
+        # trigger writes it in the run's own transaction, so it goes when the run rolls back)
+        with store.engine.begin() as conn:
+            conn.exec_driver_sql(
+                "CREATE TRIGGER start_meanwhile BEFORE INSERT ON report_runs WHEN NEW.\"trigger\" = 'hand' BEGIN "
+                "INSERT INTO report_runs (name, last_run_at, rows, \"trigger\") "
+                "VALUES (NEW.name, NEW.last_run_at - 1, 0, 'start'); END")
+        ran = report_cli(store_url, "run", "subscriptions")
+        assert (ran.returncode, ran.stdout) == (3, "subscriptions: nothing queued: the report's schedule was just "
+                                                   "started and nothing has been sent yet; run it again to send "
+                                                   "now.\n"), ran.stderr
+        assert queued_reports(store) == 0
+        with store.engine.begin() as conn:
+            conn.exec_driver_sql("DROP TRIGGER start_meanwhile")
+        ran = report_cli(store_url, "run", "subscriptions")
+        assert ran.returncode == 0 and " row(s) queued for ops@example.org, " in ran.stdout, ran.stderr
+        assert queued_reports(store) == 1
+    finally:
+        store.close()

@@ -233,6 +233,16 @@ def _report(store_url, name: str, since: str | None, send: bool):
     return built
 
 
+def _why_not_queued(taken) -> str:
+    import datetime
+    if taken.ahead:
+        at = datetime.datetime.fromtimestamp(taken.at, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        return f"its last run is recorded at {at}, not before now: a node's clock may run ahead."
+    if taken.trigger == "start":
+        return "the report's schedule was just started and nothing has been sent yet; run it again to send now."
+    return f"a {taken.trigger} run recorded meanwhile took the period up to {_when_utc(taken.at)}."
+
+
 @report.command("show")
 @click.argument("name")
 @click.option("--since", metavar="TIME", help="Start of the period (ISO, UTC unless given); default: the last run.")
@@ -249,12 +259,13 @@ def report_show(name, since, store_url) -> None:
                                               "recorded, so the scheduled report still covers its whole period.")
 @store_option
 def report_run(name, since, store_url) -> None:
-    """Send the report now: queued for its recipients, covering the time since its last run (or --since)."""
+    """Send the report now: queued for its recipients, covering the time since its last run (or --since).
+    Exit 3 when another run took the period and nothing was queued."""
+    import sys
     from listkeeper.notify.reports import AlreadySent, subject_of
     built = _report(store_url, name, since, send=True)
     if isinstance(built, AlreadySent):
-        click.echo(f"{name}: nothing queued: a {built.trigger} run recorded meanwhile took the period up to "
-                   f"{_when_utc(built.at)}.")
-        return
+        click.echo(f"{name}: nothing queued: {_why_not_queued(built)}")
+        sys.exit(3)
     click.echo(f"{name}: {len(built.table.rows)} row(s) queued for {', '.join(built.spec.recipients)}: "
                f"{subject_of(built)}")

@@ -191,9 +191,14 @@ def report_post(built: Built, snapshot: Snapshot, now: float) -> PostRecord:
 class AlreadySent(Exception):
     """A run by hand found another run recorded since it read the last one (or one not before now)."""
 
-    def __init__(self, name: str, at: float, trigger: str) -> None:
-        super().__init__(name, at, trigger)
-        self.name, self.at, self.trigger = name, at, trigger
+    def __init__(self, name: str, at: float, trigger: str, now: float) -> None:
+        super().__init__(name, at, trigger, now)
+        self.name, self.at, self.trigger, self.now = name, at, trigger, now
+
+    @property
+    def ahead(self) -> bool:
+        """The last run is recorded at or after this run's now: a node's clock runs ahead of ours."""
+        return self.at >= self.now
 
 
 def _utc(at: float) -> str:
@@ -214,7 +219,7 @@ def run_now(conn: Connection, snapshot: Snapshot, name: str, now: float, since: 
     last = store_reports.last_run(conn, name)
     if (last is not None and last >= now) or not store_reports.claim_run(conn, name, last, now, "hand"):
         found = store_reports.last_run_row(conn, name)
-        raise AlreadySent(name, found["last_run_at"], found["trigger"])
+        raise AlreadySent(name, found["last_run_at"], found["trigger"], now)
     built = build(conn, name, spec, last if last is not None else previous_time(spec, now), now)
     store_reports.count_rows(conn, name, len(built.table.rows))
     return built, report_post(built, snapshot, now)
