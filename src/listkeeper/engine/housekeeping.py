@@ -14,7 +14,7 @@ from sqlalchemy.engine import Connection
 
 from listkeeper.notify import reports
 from listkeeper.store import Store
-from listkeeper.store import autoresponses
+from listkeeper.store import autoresponses, notify_windows
 from listkeeper.store import queue as store_queue
 from listkeeper.store.queue import PostRecord
 
@@ -30,10 +30,15 @@ def _forget_old_autoresponses(conn: Connection, snapshot: Snapshot, now: float) 
     autoresponses.forget_before(conn, now)
 
 
+def _forget_closed_windows(conn: Connection, snapshot: Snapshot, now: float) -> None:
+    notify_windows.forget_closed(conn, now)
+
+
 # name -> job; features register theirs here (digests, archives, bounce score staleness, ...)
 JOBS: dict[str, Job] = {
     "moderation.expire": moderation.expire,
     "autoresponses.forget": _forget_old_autoresponses,
+    "notify.forget_windows": _forget_closed_windows,
     "bounces.process": bounces.process,
     "bounces.forget_stale": bounces.forget_stale,
     "archive.write": archive.archive_pending,

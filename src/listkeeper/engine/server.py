@@ -95,7 +95,8 @@ class Engine:
         self.metrics = Metrics(self.store, self.current)
         await self._start_links()
         notify_bus.attach(self.metrics)  # counts list events fired (from ticks and from mail commands)
-        self.notifications = Dispatcher(self.current, self.inject, self.store.now, metrics=self.metrics)
+        self.notifications = Dispatcher(self.current, self.inject, self.store.now, metrics=self.metrics,
+                                        store=self.store)
         self.notifications.start()
         self.scheduler = Scheduler(self.store, self.current, inject=self.inject, lease=self.options.lease,
                                    personalise=self.links.personal_copy, templates=TemplateCopies.load)

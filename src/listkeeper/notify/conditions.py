@@ -71,7 +71,8 @@ class Gate:
     """max_frequency: at most one run per window and key (the rule, plus the `per` attributes' values);
     events inside the window run nothing and are counted, and the next run carries the count.
 
-    Kept in memory: a restart opens every window again."""
+    Kept in memory, for one process: a restart opens every window again. An engine with a store uses
+    windows.SharedGate: the same rule, kept in the store for every node."""
 
     def __init__(self) -> None:
         self._windows: dict[tuple, _Window] = {}

@@ -16,7 +16,8 @@ from listkeeper.manifests.notifications import EmailAction, LogAction, Notificat
 from . import bus
 from .actions import ActionFailed, Actions, Inject, Notice, shown_url
 from .bus import Inbox, SystemEvent
-from .conditions import Gate, holds
+from .conditions import Admitted, Gate, holds
+from .windows import FLUSH, SharedGate
 
 log = logging.getLogger("listkeeper.notify")
 MAX_RUNNING = 5000  # action runs started and not finished; more are dropped, and logged
@@ -41,12 +42,16 @@ def describe(action) -> str:
 
 
 class Dispatcher:
-    def __init__(self, current: Callable, inject: Inject | None, clock: Callable[[], float], metrics=None):
+    def __init__(self, current: Callable, inject: Inject | None, clock: Callable[[], float], metrics=None,
+                 store=None):
         self._current = current  # () -> Snapshot
         self._metrics = metrics  # the engine's Metrics (engine/metrics.py), or None
         self._clock = clock
         self._inbox = Inbox(asyncio.get_running_loop(), clock)
+        # max_frequency: in the store, shared by the nodes and kept across restarts; without one, here
+        self._shared = SharedGate(store) if store is not None else None
         self._gate = Gate()
+        self._flushed = 0.0
         self._actions = Actions(inject, self._mail_parts)
         self._slots: dict[tuple[str, int], asyncio.Semaphore] = {}
         self._running: set[asyncio.Task] = set()
@@ -67,19 +72,22 @@ class Dispatcher:
             self._inbox.wanted = wanted(snapshot.notifications)
             for event in events:
                 try:
-                    self.handle(event, snapshot.notifications)
+                    await self.handle(event, snapshot.notifications)
                 except Exception:  # noqa: BLE001 - one bad rule or event must not stop the others
                     log.exception("notification of %s failed", event.type)
+            if self._shared is not None and asyncio.get_running_loop().time() - self._flushed >= FLUSH:
+                self._flushed = asyncio.get_running_loop().time()
+                await self._shared.flush()
             if self._inbox.dropped != self._dropped_seen:
                 log.warning("%d system event(s) dropped: the notification inbox was full",
                             self._inbox.dropped - self._dropped_seen)
                 self._dropped_seen = self._inbox.dropped
 
-    def handle(self, event: SystemEvent, notifications) -> None:
+    async def handle(self, event: SystemEvent, notifications) -> None:
         for name, spec in sorted(notifications.items()):
             if not (spec.enabled and event.type in spec.on and holds(spec.conditions, event)):
                 continue
-            admitted = self._gate.admit(name, spec.max_frequency, event)
+            admitted = await self._admit(name, spec, event)
             if admitted is None:
                 note(log, "notification.suppressed", level=logging.DEBUG, notification=name, type=event.type,
                      event_id=event.id, text="held back by max_frequency")
@@ -89,6 +97,11 @@ class Dispatcher:
             notice = Notice(name, event, admitted.count, admitted.since)
             for index, action in enumerate(spec.actions):
                 self._start(spec, index, action, notice)
+
+    async def _admit(self, name: str, spec: NotificationSpec, event: SystemEvent) -> Admitted | None:
+        if self._shared is not None:
+            return await self._shared.admit(name, spec.max_frequency, event)
+        return self._gate.admit(name, spec.max_frequency, event)
 
     def _start(self, spec: NotificationSpec, index: int, action, notice: Notice) -> None:
         event = notice.event
@@ -148,6 +161,8 @@ class Dispatcher:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._shared is not None:  # what this node held back still counts for the next run
+            await self._shared.flush()
         await self._actions.close()
 
 

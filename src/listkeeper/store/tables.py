@@ -298,3 +298,17 @@ notify_outbox = Table(
     Column("attributes", Text, nullable=False),  # JSON object, as SystemEvent.as_json gives it
     Column("at", Float, nullable=False),  # when it happened, not when it was drained
 )
+
+# max_frequency's windows, shared by the engine nodes and kept across restarts: one row per Notification
+# and key (a hash of its `per` attributes' values); admitting an event claims an expired window
+notify_windows = Table(
+    "notify_windows", metadata,
+    Column("rule", String(253), nullable=False),  # the Notification's name
+    Column("key", String(64), nullable=False),  # sha256 of the `per` attributes and their values
+    Column("opened_at", Float, nullable=False),  # the event that ran the actions and opened the window
+    Column("every", Float, nullable=False),  # its length when opened (housekeeping forgets closed ones)
+    Column("held_back", Integer, nullable=False),  # events since, not run: the next run carries them
+    Column("count", Integer, nullable=False),  # the events that run stood for
+    Column("since", Float, nullable=True),  # the run before it; None: none known
+    PrimaryKeyConstraint("rule", "key", name="notify_windows_pkey"),
+)
