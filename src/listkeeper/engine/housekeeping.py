@@ -18,7 +18,7 @@ from listkeeper.store import autoresponses, notify_windows
 from listkeeper.store import queue as store_queue
 from listkeeper.store.queue import PostRecord
 
-from . import archive, bounces, digests, moderation
+from . import archive, bounces, digests, moderation, retention
 from .snapshot import Snapshot
 
 log = logging.getLogger("listkeeper.housekeeping")
@@ -44,7 +44,13 @@ JOBS: dict[str, Job] = {
     "archive.write": archive.archive_pending,
     "digests.send": digests.send_due,
     "reports.send": reports.send_due,
+    "retention.forget": retention.Forget(),
 }
+
+
+def jobs_keeping(keep: float) -> dict[str, Job]:
+    """JOBS, with finished deliveries and the messages nothing needs kept `keep` seconds."""
+    return {**JOBS, "retention.forget": retention.Forget(keep)}
 
 
 @dataclass(frozen=True)
