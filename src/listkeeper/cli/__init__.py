@@ -20,6 +20,21 @@ progress_option = click.option("--progress/--no-progress", "show_progress", defa
                                help="Draw a progress bar on stderr (default: only when stderr is a terminal).")
 
 
+def _duration(ctx, param, value: str) -> float:
+    from pydantic import TypeAdapter, ValidationError
+    from listkeeper.manifests.common import Duration
+    try:
+        return TypeAdapter(Duration).validate_python(value)
+    except ValidationError:
+        raise click.BadParameter(f"{value!r} is not a duration such as 30d, 12h or a number of seconds") from None
+
+
+keep_finished_option = click.option(
+    "--keep-finished", default="30d", show_default=True, metavar="DURATION", callback=_duration,
+    help="Keep finished deliveries (delivered, failed, suppressed), decided holds and the messages nothing "
+         "needs any more this long; then housekeeping removes them, a batch a round.")
+
+
 def _load(paths: tuple[str, ...]):
     try:
         manifests = load_manifests(paths or DEFAULT_PATHS)

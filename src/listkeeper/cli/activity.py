@@ -8,18 +8,19 @@ import click
 from listkeeper import terminal
 from listkeeper.terminal import Column
 
-from . import _moment, _store, main, progress_option, store_option
+from . import _moment, _store, keep_finished_option, main, progress_option, store_option
 
 
 @main.command()
 @store_option
 @click.option("--at", "at", metavar="TIME", help="Evaluate as of this moment (ISO, UTC unless given).")
 @progress_option
-def tick(store_url, at, show_progress) -> None:
+@keep_finished_option
+def tick(store_url, at, show_progress, keep_finished) -> None:
     """Run one evaluation of every list's events and one round of the periodic jobs (moderation
     expiry, digests, ...): what serve does on its own."""
     from listkeeper.engine.events import tick as run_tick
-    from listkeeper.engine.housekeeping import run_round
+    from listkeeper.engine.housekeeping import jobs_keeping, run_round
     from listkeeper.engine.snapshot import load_snapshot
     with _store(store_url) as store:
         snapshot = load_snapshot(store)
@@ -29,7 +30,7 @@ def tick(store_url, at, show_progress) -> None:
             task = bar.add_task("events", total=None)
             fired = run_tick(store, snapshot, moment,
                              lambda checked, total: bar.update(task, completed=checked, total=total))
-            done = run_round(store, snapshot, moment)
+            done = run_round(store, snapshot, moment, jobs_keeping(keep_finished))
     for item in fired:
         click.echo(f"{item.list_name}/{item.event}: fired for {item.count}")
     for job, count in done.queued.items():

@@ -13,7 +13,7 @@ import click
 from listkeeper import terminal
 from listkeeper.manifests.schema import write_schemas
 
-from . import DEFAULT_PATHS, _load, _open_store, _store, main, store_option
+from . import DEFAULT_PATHS, _load, _open_store, _store, keep_finished_option, main, store_option
 
 
 @main.command()
@@ -164,9 +164,10 @@ def reconcile(paths, store_url, dry_run, prune, detailed_exitcode, output, revis
               callback=lambda ctx, param, value: _failure_limit(value),
               help="Failed SMTP AUTH logins a client address (IPv6: its /64) may make within DURATION, over "
                    "all its connections; past it, AUTH gets 454 unchecked until the window slides. 0: no limit.")
+@keep_finished_option
 def serve(paths, store_url, host, port, prune, log_level, log_format, use_uvloop, tick_interval, http_host,
           http_port, no_http, base_url, no_watch, node, lease, stop_timeout, tls_cert, tls_key,
-          plaintext_auth, auth_failure_limit) -> None:
+          plaintext_auth, auth_failure_limit, keep_finished) -> None:
     """Reconcile, then accept SMTP, deliver and serve one-click unsubscribe. Changes to PATHS (or
     SIGHUP) are validated and reconciled while running; an invalid change is refused, with its errors."""
     from listkeeper.engine.reload import ReloadOptions, node_name
@@ -221,7 +222,7 @@ def serve(paths, store_url, host, port, prune, log_level, log_format, use_uvloop
                            http_port=None if no_http else http_port, base_url=base_url, node=node, lease=lease,
                            stop_timeout=stop_timeout,
                            tls_cert=tls_cert, tls_key=tls_key, plaintext_auth=plaintext_auth,
-                           auth_failure_limit=auth_failure_limit,
+                           auth_failure_limit=auth_failure_limit, keep_finished=keep_finished,
                            reload=ReloadOptions(tuple(paths or DEFAULT_PATHS), watch=not no_watch, prune=prune))
     run = asyncio.run
     if use_uvloop:

@@ -25,7 +25,7 @@ from listkeeper.store.signing import signing_key
 from .events import TemplateCopies
 from .events import tick as run_tick
 from .health import problems
-from .housekeeping import run_round
+from .housekeeping import jobs_keeping, run_round
 from .leadership import Leadership
 from .login_limit import FailureLimit, LoginLimiter
 from .fanout import Refused, fan_out
@@ -33,6 +33,7 @@ from .membership import look_up_in
 from .metrics import CONTENT_TYPE, Metrics
 from .oneclick import Links
 from .recipients import Recipient, accept_recipient
+from .retention import KEEP_FINISHED
 from .reload import ConfigFollower, Rejection, ReloadOptions, node_name
 from .smtp import ListSMTP
 from .submission import SubmissionHandler
@@ -50,6 +51,7 @@ class ServeOptions:
     data_size_limit: int = 64 * 1024 * 1024
     tick_interval: float = 300.0  # list events are evaluated this often
     housekeeping_interval: float = 60.0  # moderation expiry, digests, archives ... run this often
+    keep_finished: float = KEEP_FINISHED  # finished deliveries and the messages nothing needs: kept this long
     outbox_interval: float = notify_outbox.INTERVAL  # events of commands run by hand are announced this often
     http_host: str = "127.0.0.1"  # the one-click unsubscribe listener
     http_port: int | None = 8025  # 0: any free port; None: no listener (another node serves the links)
@@ -186,7 +188,8 @@ class Engine:
             await asyncio.sleep(self.options.housekeeping_interval)
             if not self.leadership.leading:  # another node runs it
                 continue
-            done = await asyncio.to_thread(run_round, self.store, self.snapshot, self.store.now())
+            done = await asyncio.to_thread(run_round, self.store, self.snapshot, self.store.now(),
+                                           jobs_keeping(self.options.keep_finished))
             if done.queued:
                 self.scheduler.wake()
 
