@@ -15,9 +15,7 @@ from .tables import archive_pending, bounces, deliveries, digest_pending, holds,
 FINAL = ("delivered", "failed", "suppressed")  # delivery/lifecycle.py: no transition leads out of these
 KEPT_STATES = ("held", "bounce")  # a post moderators have not decided; a bounce not read yet
 DELIVERY_BATCH = 10_000
-# a message removed is looked for in the tables referring to it, some with no index on the reference
-# (messages.parent_id, holds): each one costs a scan of those, so fewer a round
-MESSAGE_BATCH = 200
+MESSAGE_BATCH = 1_000  # messages carry their bodies: fewer a round
 CHUNK = 500  # ids per IN (...): below every SQLite's limit on parameters
 CHAINS = 3  # passes per round: a post's going frees its inbound parent, a notice's its post
 
@@ -48,8 +46,10 @@ def forget_deliveries(conn: Connection, before: float, limit: int = DELIVERY_BAT
     return removed
 
 
-def _unneeded(conn: Connection, before: float, bound: int):
-    """A message older than `before` that nothing refers to any more. On SQLite a reference from a table
+def _unneeded(conn: Connection, bound: int):
+    """A message below `bound` (_bound: older than `before`) that nothing refers to any more. Its own
+    created_at is not read: on SQLite that column comes after the body, and reading it reads the whole
+    body of every message looked at. On SQLite a reference from a table
     with no index on it is looked up in the referring ids, read once per statement (NOT IN); as a
     correlated NOT EXISTS it would scan that table for every message. PostgreSQL plans NOT EXISTS as an
     anti-join."""
@@ -64,7 +64,6 @@ def _unneeded(conn: Connection, before: float, bound: int):
 
     return and_(
         messages.c.id < bound,
-        messages.c.created_at < before,
         messages.c.state.not_in(KEPT_STATES),
         ~exists().where(deliveries.c.message_id == messages.c.id),  # indexed
         *(unreferred(column, not_null) for column, not_null in referring),
@@ -77,9 +76,10 @@ def forget_decisions(conn: Connection, before: float) -> int:
 
 
 def _bound(conn: Connection, before: float) -> int | None:
-    """An id every message to forget is below: the first message not older than `before` (ids grow with
-    time: the rows after it are never read, on SQLite their bodies with them), else the newest one, which
-    is kept for the reason forget_deliveries keeps the newest delivery."""
+    """The id every message to forget is below: the first message not older than `before` (ids grow with
+    time; the messages after it are never read), else the newest one, kept for the reason forget_deliveries
+    keeps the newest delivery. (Where engine nodes' clocks disagree by seconds, a message may count as old
+    that much early.)"""
     first_kept = conn.execute(select(messages.c.id).where(messages.c.created_at >= before)
                               .order_by(messages.c.id).limit(1)).scalar()
     return first_kept if first_kept is not None else conn.execute(select(func.max(messages.c.id))).scalar()
@@ -93,13 +93,13 @@ def forget_messages(conn: Connection, before: float, limit: int = MESSAGE_BATCH)
     for _ in range(CHAINS if bound is not None else 0):
         if removed >= limit:
             break
-        ids = list(conn.execute(select(messages.c.id).where(_unneeded(conn, before, bound))
+        ids = list(conn.execute(select(messages.c.id).where(_unneeded(conn, bound))
                                 .order_by(messages.c.id).limit(limit - removed)).scalars())
         if not ids:
             break
         for chunk in _chunks(ids):
             # checked again as the rows go: on PostgreSQL something may refer to one since it was chosen
-            gone = list(conn.execute(delete(messages).where(messages.c.id.in_(chunk), _unneeded(conn, before, bound))
+            gone = list(conn.execute(delete(messages).where(messages.c.id.in_(chunk), _unneeded(conn, bound))
                                      .returning(messages.c.id)).scalars())
             if gone:
                 conn.execute(update(bounces).where(bounces.c.message_id.in_(gone)).values(message_id=None))

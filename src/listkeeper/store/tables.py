@@ -50,6 +50,7 @@ messages = Table(
 )
 Index("ix_messages_kind_state", messages.c.kind, messages.c.state)
 Index("ix_messages_list", messages.c.list_name)
+Index("ix_messages_parent", messages.c.parent_id)  # a message removed is looked for among those made from it
 
 # one row per (outgoing message, recipient): the delivery queue
 deliveries = Table(
