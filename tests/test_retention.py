@@ -121,12 +121,15 @@ def test_decided_holds_and_read_bounces_go_the_bounce_history_stays(store):
         conn.execute(holds.update().values(decided_at=OLD + 10, decision="discarded", decided_by="mod"))
         conn.execute(messages.update().where(messages.c.id == copy).values(state="discarded"))
     _, read = bounce(store, OLD)
+    unread_parent, unreadable = bounce(store, OLD)  # kept as 'bounce-error' for a person to look at
+    with store.engine.begin() as conn:
+        store_bounces.mark(conn, unreadable, store_bounces.UNREADABLE)
     with store.writing() as conn:
         store_bounces.mark(conn, read, store_bounces.DONE)
         store_bounces.record(conn, "members", "bad@example.net", "hard", True, read, "550", OLD)
     newest = post(store, RECENT, ("ok@example.net",), {"ok@example.net": "delivered"})
     forget(store)
-    assert ids(store, messages) == set(newest)
+    assert ids(store, messages) == set(newest) | {unread_parent, unreadable}
     with store.engine.connect() as conn:
         assert conn.execute(select(holds)).all() == []
         assert conn.execute(select(bounces.c.address, bounces.c.message_id)).all() == [("bad@example.net", None)]

@@ -13,7 +13,7 @@ from sqlalchemy.engine import Connection
 from .tables import archive_pending, bounces, deliveries, digest_pending, holds, messages
 
 FINAL = ("delivered", "failed", "suppressed")  # delivery/lifecycle.py: no transition leads out of these
-KEPT_STATES = ("held", "bounce")  # a post moderators have not decided; a bounce not read yet
+KEPT_STATES = ("held", "bounce", "bounce-error")  # undecided; a bounce not read yet; one kept for a person
 DELIVERY_BATCH = 10_000
 MESSAGE_BATCH = 1_000  # messages carry their bodies: fewer a round
 CHUNK = 500  # ids per IN (...): below every SQLite's limit on parameters
