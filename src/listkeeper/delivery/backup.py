@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+from datetime import datetime, timezone
 from email.parser import BytesHeaderParser
 from email.policy import default
 from pathlib import Path
 
+log = logging.getLogger("listkeeper.delivery")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._@+=-]+")
 
 
@@ -40,3 +43,24 @@ def write_backup(folder: Path, relative: Path, data: bytes) -> Path:
     tmp.write_bytes(data)
     os.replace(tmp, target)
     return target
+
+
+def write_copies(store, now: float, backups, settings) -> None:
+    """A copy of each sent message (delivery, its bytes) under the backup folder. Blocking: run in a
+    thread. A store error reading the list names is raised (the caller keeps the copies for its next
+    write); a copy that cannot be written is logged and never costs a delivery its outcome."""
+    from listkeeper.store import queue as store_queue
+    with store.engine.connect() as conn:
+        names = store_queue.list_names(conn, (d.message_id for d, _ in backups))
+    date = datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%d")
+    headers: dict[int, tuple[str, str]] = {}
+    for due, data in backups:
+        try:  # a poster's odd headers must never cost a delivery its outcome
+            if due.message_id not in headers:
+                headers[due.message_id] = headers_of(data)
+            subject, message_id = headers[due.message_id]
+            path = backup_path(settings.path, list_name=names.get(due.message_id, ""), recipient=due.recipient,
+                               subject=subject, date=date, message_id=message_id or str(due.message_id))
+            write_backup(Path(settings.folder), path, data)
+        except Exception:  # noqa: BLE001
+            log.exception("backup of delivery %d failed", due.delivery_id)

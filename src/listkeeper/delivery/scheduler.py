@@ -12,11 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
-from datetime import datetime, timezone
-from pathlib import Path
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 
 from listkeeper import notify
 from listkeeper.logs import note
@@ -30,6 +26,7 @@ from . import backup, downgrade, drain, dsn, verp
 from .copies import Makers, NotYet, Personalise, Templates, Unrenderable  # noqa: F401 - importable here
 from .destinations import Destination, destination_for, is_suppressed
 from .leases import Leases
+from .pacing import DestinationQueue, Pace
 from .lifecycle import Event, RetryPolicy, State, next_state
 from .mx import connect_mx
 from .resolver import MxResolver
@@ -45,33 +42,6 @@ FLUSH_AFTER = 0.2  # ... or after this many seconds, so little is sent again aft
 PICKUP_CHUNK = 200
 
 Inject = Callable[[bytes, str, list[str]], Awaitable[None]]
-
-
-@dataclass
-class DestinationQueue:
-    destination: Destination
-    jobs: deque = field(default_factory=deque)
-    workers: int = 0
-    dead: Result | None = None  # the destination could not be reached in this run
-
-
-class Pace:
-    """Throttle: after every N messages, everyone pauses for T."""
-
-    def __init__(self, throttle):
-        self._throttle = throttle
-        self._sent = 0
-        self._resume_at = 0.0
-
-    async def ready(self) -> None:
-        if self._throttle is None:
-            return
-        loop = asyncio.get_running_loop()
-        while (delay := self._resume_at - loop.time()) > 0:
-            await asyncio.sleep(delay)
-        self._sent += 1
-        if self._sent % self._throttle.messages == 0:
-            self._resume_at = loop.time() + self._throttle.pause
 
 
 class Scheduler:
@@ -454,30 +424,13 @@ class Scheduler:
                 raise
         if backups:
             try:
-                await asyncio.to_thread(self._write_backups, backups, snapshot.delivery.backup)
+                await asyncio.to_thread(backup.write_copies, self._store, self._clock(), backups,
+                                        snapshot.delivery.backup)
             except Exception:  # noqa: BLE001 - the store failed before any was written: all go with the next flush
                 log.exception("writing %d backup copies failed; tried again with the next outcomes", len(backups))
                 self._backups = backups + self._backups
         if failures:
             await self._report(failures, snapshot)
-
-    def _write_backups(self, backups: list[tuple[Due, bytes]], settings) -> None:
-        """A copy of each sent message under the backup folder; a failure here never stops delivery."""
-        with self._store.engine.connect() as conn:
-            names = store_queue.list_names(conn, (d.message_id for d, _ in backups))
-        date = datetime.fromtimestamp(self._clock(), timezone.utc).strftime("%Y-%m-%d")
-        headers: dict[int, tuple[str, str]] = {}
-        for due, data in backups:
-            try:  # a poster's odd headers must never cost a delivery its outcome
-                if due.message_id not in headers:
-                    headers[due.message_id] = backup.headers_of(data)
-                subject, message_id = headers[due.message_id]
-                path = backup.backup_path(settings.path, list_name=names.get(due.message_id, ""),
-                                          recipient=due.recipient, subject=subject, date=date,
-                                          message_id=message_id or str(due.message_id))
-                backup.write_backup(Path(settings.folder), path, data)
-            except Exception:  # noqa: BLE001
-                log.exception("backup of delivery %d failed", due.delivery_id)
 
     def _write(self, outcomes: list[Outcome]) -> None:
         with self._store.engine.begin() as conn:
