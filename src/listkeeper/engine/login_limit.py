@@ -10,12 +10,11 @@ costs more key derivations than the limit allows."""
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 
-_LIMIT = re.compile(r"^\s*(\d+)\s*(?:/\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*)?$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+from listkeeper.manifests.common import duration_seconds
+
 MAX_ENTRIES = 10_000  # networks remembered; at most `failures` timestamps each
 
 
@@ -28,15 +27,18 @@ class FailureLimit:
 
     @classmethod
     def parse(cls, text: str) -> "FailureLimit":
-        """'10/10m', '3/60s', '5/1h', '0' (off)."""
-        match = _LIMIT.match(text)
-        if not match or (match.group(2) is None and match.group(1) != "0"):
+        """'10/10m', '3/60s', '5/1h', '0' (off); the window in the manifests' duration form."""
+        count, slash, window = text.strip().partition("/")
+        try:
+            failures = int(count.strip()) if count.strip().isdigit() else -1
+            seconds = duration_seconds(window) if slash else 0.0
+        except ValueError:
+            failures = -1
+        if failures < 0 or (not slash and failures != 0):
             raise ValueError(f"{text!r} is not a limit such as 10/10m, 3/60s or 0 (off)")
-        failures = int(match.group(1))
-        window = float(match.group(2) or 0) * _UNITS[match.group(3)]
-        if failures and window <= 0:
+        if failures and seconds <= 0:
             raise ValueError(f"{text!r}: the window must be longer than 0, as in 10/10m")
-        return cls(failures, window)
+        return cls(failures, seconds)
 
     @property
     def enabled(self) -> bool:

@@ -43,14 +43,16 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 
 
+def duration_seconds(text: str) -> float:
+    """'90s', '5m', '67m', '1.5h', '5d' or a number of seconds -> seconds (manifests and command options)."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError("expected a duration such as 30s, 5m, 2h, 5d or a number of seconds")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
 def _seconds(value: Any) -> Any:
-    """'90s', '5m', '67m', '1.5h', '5d' or a number of seconds -> seconds."""
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if not match:
-            raise ValueError("expected a duration such as 30s, 5m, 2h, 5d or a number of seconds")
-        return float(match.group(1)) * _UNITS[match.group(2)]
-    return value
+    return duration_seconds(value) if isinstance(value, str) else value
 
 
 Duration = Annotated[
